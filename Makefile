@@ -1,0 +1,31 @@
+# `make test` and `make demo` do all the set-up on a fresh machine: a .venv with the pinned dependencies
+# (torch==2.13.0 CPU first, see requirements.txt) and this package installed in editable mode.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/ultrafastbert bench layer --tokens 1 128 16384 --output benchmarks/results/demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/layer.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: timing methodology, the layer benchmark and the model benchmark."""

@@ -1,0 +1,142 @@
+"""The fast feedforward (FFF) layer: ``K`` balanced binary trees of neurons, one root-to-leaf path per token.
+
+One module, several execution paths with one semantics (``../shared/DESIGN.md`` §1), chosen by ``impl``:
+
+- ``"reference"``: dense masking computation of the original code; the oracle.
+- ``"sparse"``: pure-PyTorch conditional forward + backward touching only the visited nodes (training).
+- ``"walk"``: pure-PyTorch conditional forward without autograd bookkeeping (inference only).
+- ``"auto"`` (default): the fastest correct path for the device, dtype and grad mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .reference import fff_reference, nodes_per_tree, visited_nodes_reference
+from .sparse import sparse_fff, walk_forward
+
+IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk")
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class FFF(nn.Module):
+    """Fast feedforward layer ``UltraFastBERT-KxD``: ``trees`` trees of depth ``depth`` on ``width`` features.
+
+    Parameters are named as in the published checkpoints: ``linear_in`` (``K*n`` x ``width``, with bias) and
+    ``linear_out`` (``width`` x ``K*n``, no bias), tree ``k`` owning node rows ``[k*n, (k+1)*n)`` in heap order.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        trees: int = 1,
+        impl: str = "auto",
+        init_std: float = 0.02,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if width < 1 or depth < 0 or trees < 1:
+            raise ValueError(f"need width >= 1, depth >= 0, trees >= 1; got {width=}, {depth=}, {trees=}")
+        self.width, self.depth, self.trees = width, depth, trees
+        self.init_std = init_std
+        nodes = trees * nodes_per_tree(depth)
+        self.linear_in = nn.Linear(width, nodes, bias=True, device=device, dtype=dtype)
+        self.linear_out = nn.Linear(nodes, width, bias=False, device=device, dtype=dtype)
+        self.impl = impl
+        self._weight_out_t_cache: tuple[tuple, Tensor] | None = None
+        self.reset_parameters()
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown FFF impl {value!r}; choose one of {IMPLEMENTATIONS}")
+        self._impl = value
+
+    @property
+    def neurons_per_token(self) -> int:
+        """Neurons each token evaluates: one per tree level per tree."""
+        return self.trees * (self.depth + 1)
+
+    def reset_parameters(self) -> None:
+        """Published-model initialisation: ``N(0, init_std)`` weights, zero bias."""
+        nn.init.normal_(self.linear_in.weight, std=self.init_std)
+        nn.init.zeros_(self.linear_in.bias)
+        nn.init.normal_(self.linear_out.weight, std=self.init_std)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, depth={self.depth}, trees={self.trees}, impl={self.impl!r}"
+
+    def forward(self, x: Tensor, return_path: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``(..., width)`` -> ``(..., width)``; with ``return_path`` also the visited global node
+        indices ``(..., trees, depth+1)``, root first."""
+        self._check_input(x)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.width)
+        impl = self.resolve_impl(x)
+        weight_in, bias_in, weight_out = self.linear_in.weight, self.linear_in.bias, self.linear_out.weight
+        if impl == "reference":
+            out = fff_reference(flat, weight_in, bias_in, weight_out, self.depth, self.trees)
+            nodes = visited_nodes_reference(flat, weight_in, bias_in, self.depth, self.trees) if return_path else None
+        elif impl == "sparse":
+            out, nodes = sparse_fff(flat, weight_in, bias_in, weight_out, self.depth, self.trees)
+        else:  # "walk"
+            if self._needs_grad(x):
+                raise RuntimeError(
+                    "FFF impl='walk' is inference-only; use 'sparse' or 'auto' when gradients are needed"
+                )
+            with torch.no_grad():
+                out, nodes, _ = walk_forward(flat, weight_in, bias_in, self._weight_out_t(), self.depth, self.trees)
+        out = out.reshape(*lead, self.width)
+        if return_path:
+            return out, nodes.reshape(*lead, self.trees, self.depth + 1)
+        return out
+
+    def visited_nodes(self, x: Tensor) -> Tensor:
+        """Global node indices ``(..., trees, depth+1)`` that each token of ``x`` visits (no grad)."""
+        self._check_input(x)
+        flat = x.reshape(-1, self.width)
+        nodes = visited_nodes_reference(flat, self.linear_in.weight, self.linear_in.bias, self.depth, self.trees)
+        return nodes.reshape(*x.shape[:-1], self.trees, self.depth + 1)
+
+    def resolve_impl(self, x: Tensor) -> str:
+        """The path ``forward`` takes for ``x``: ``impl`` itself unless it is ``"auto"``."""
+        if self.impl != "auto":
+            return self.impl
+        return "sparse" if self._needs_grad(x) else "walk"
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _weight_out_t(self) -> Tensor:
+        """``linear_out.weight.T`` as a contiguous ``(K*n, width)`` tensor, cached until the weight changes, so
+        inference does not pay a full-matrix transpose per call."""
+        weight = self.linear_out.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._weight_out_t_cache is None or self._weight_out_t_cache[0] != key:
+            with torch.no_grad():
+                self._weight_out_t_cache = (key, weight.t().contiguous())
+        return self._weight_out_t_cache[1]
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"FFF expects a torch.Tensor of shape (..., {self.width}), got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.width:
+            raise ValueError(f"FFF expects input of shape (..., {self.width}), got {tuple(x.shape)}")
+        if x.dtype not in SUPPORTED_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+            raise TypeError(f"FFF expects a floating-point input ({names}), got {x.dtype}")
+        weight = self.linear_in.weight
+        if x.dtype != weight.dtype:
+            raise TypeError(
+                f"FFF input dtype {x.dtype} does not match its parameters' dtype {weight.dtype}; "
+                "convert one of them (e.g. layer.to(x.dtype))"
+            )
+        if x.device != weight.device:
+            raise ValueError(f"FFF input is on {x.device} but its parameters are on {weight.device}")
