@@ -1,0 +1,368 @@
+"""crammedBERT / UltraFastBERT models on tiny random configs: Hugging Face integration, default execution paths,
+task heads, input checks and strict checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+import ultrafastbert
+from ultrafastbert import (
+    FFF,
+    CheckpointError,
+    CrammedBertConfig,
+    CrammedBertForMaskedLM,
+    CrammedBertForSequenceClassification,
+    CrammedBertForTokenClassification,
+    CrammedBertModel,
+)
+from ultrafastbert.model.checkpoint import save_original
+
+VOCAB, MAX_LEN = 50, 12
+
+
+def tiny_config(**overrides: object) -> CrammedBertConfig:
+    fields = {
+        "vocab_size": VOCAB,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": MAX_LEN,
+        "fff_trees": 2,
+        "fff_depth": 2,
+        "intermediate_size": 24,
+        "classifier_hidden_size": 20,
+        "embedding_dropout_prob": 0.0,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout": 0.0,
+    }
+    return CrammedBertConfig(**(fields | overrides))
+
+
+def tiny_model(model_class: type = CrammedBertForMaskedLM, seed: int = 0, **overrides: object) -> torch.nn.Module:
+    """A tiny model with O(1) random weights (the N(0, 0.02) init makes every output nearly equal)."""
+    torch.manual_seed(seed)
+    model = model_class(tiny_config(**overrides))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.endswith("scale_factor"):
+                param.copy_(torch.randn_like(param) / max(param.shape[-1], 1) ** 0.5)
+    return model
+
+
+def batch(seed: int = 1, size: int = 3, length: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (size, length), generator=generator)
+    mask = torch.ones(size, length, dtype=torch.long)
+    mask[1, -3:] = 0
+    return input_ids, mask
+
+
+def resolved_fff_paths(model: torch.nn.Module, run: callable) -> set[str]:
+    """Which path each FFF layer actually takes while ``run()`` executes."""
+    paths: set[str] = set()
+    handles = [
+        module.register_forward_pre_hook(lambda module, args: paths.add(module.resolve_impl(args[0])))
+        for module in model.modules()
+        if isinstance(module, FFF)
+    ]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return paths
+
+
+# --- Hugging Face integration ---------------------------------------------------------------------------------
+
+
+def test_import_registers_auto_classes() -> None:
+    fields = {k: v for k, v in tiny_config().to_dict().items() if k != "model_type"}
+    config = AutoConfig.for_model("crammedBERT", **fields)
+    assert isinstance(config, CrammedBertConfig)
+    assert type(AutoModel.from_config(config)) is CrammedBertModel
+    assert type(AutoModelForMaskedLM.from_config(config)) is CrammedBertForMaskedLM
+    assert type(AutoModelForSequenceClassification.from_config(config)) is CrammedBertForSequenceClassification
+    assert type(AutoModelForTokenClassification.from_config(config)) is CrammedBertForTokenClassification
+    assert "CrammedBertForMaskedLM" in ultrafastbert.__all__
+
+
+@pytest.mark.parametrize(
+    ("model_class", "auto_class", "overrides"),
+    [
+        (CrammedBertForMaskedLM, AutoModelForMaskedLM, {}),
+        (CrammedBertForMaskedLM, AutoModelForMaskedLM, {"ffn_type": "dense", "hidden_act": "gelu_glu"}),
+        (CrammedBertForSequenceClassification, AutoModelForSequenceClassification, {"num_labels": 3}),
+        (CrammedBertForTokenClassification, AutoModelForTokenClassification, {"num_labels": 4}),
+    ],
+)
+def test_save_load_round_trip_is_exact(model_class: type, auto_class: type, overrides: dict, tmp_path: Path) -> None:
+    model = tiny_model(model_class, **overrides).eval()
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "arch" not in written and written["model_type"] == "crammedBERT"
+    assert written["auto_map"][auto_class.__name__] == f"ultrafastbert.model.modeling.{model_class.__name__}"
+    assert "decoder.weight" not in load_file(tmp_path / "model.safetensors")
+    loaded = auto_class.from_pretrained(tmp_path).eval()
+    assert type(loaded) is model_class
+    expected_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert expected_state.keys() == loaded_state.keys()
+    assert all(torch.equal(expected_state[key], loaded_state[key]) for key in expected_state)
+    input_ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids, mask).logits, loaded(input_ids, mask).logits)
+    assert type(AutoModel.from_pretrained(tmp_path)) is CrammedBertModel
+
+
+# --- execution paths ------------------------------------------------------------------------------------------
+
+
+def test_fast_fff_paths_are_the_default_and_reference_is_selectable() -> None:
+    model = tiny_model().eval()
+    input_ids, mask = batch()
+    with torch.no_grad():
+        inference_paths = resolved_fff_paths(model, lambda: model(input_ids, mask))
+        fast = model(input_ids, mask).logits
+    assert inference_paths and not inference_paths & {"reference", "sparse"}
+    model.train()
+    training_paths = resolved_fff_paths(model, lambda: model(input_ids, mask).logits.sum().backward())
+    assert training_paths and "reference" not in training_paths
+    with pytest.raises(ValueError, match="unknown FFF impl"):
+        model.set_fff_impl("magic")
+    model.eval().set_fff_impl("reference")
+    assert model.config.fff_impl == "reference"
+    with torch.no_grad():
+        assert resolved_fff_paths(model, lambda: model(input_ids, mask)) == {"reference"}
+        torch.testing.assert_close(model(input_ids, mask).logits, fast, rtol=0, atol=1e-5)
+
+
+def test_training_gradients_match_the_reference() -> None:
+    """The sparse training path gives the gradients of the original masking computation."""
+    input_ids, mask = batch()
+    labels = torch.where(torch.rand(input_ids.shape, generator=torch.Generator().manual_seed(2)) < 0.3, input_ids, -100)
+    gradients = {}
+    for impl in ("auto", "reference"):
+        model = tiny_model().train()
+        model.set_fff_impl(impl)
+        model(input_ids, mask, labels=labels).loss.backward()
+        gradients[impl] = {name: param.grad for name, param in model.named_parameters()}
+    for name, grad in gradients["reference"].items():
+        torch.testing.assert_close(gradients["auto"][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sdpa_attention_matches_eager() -> None:
+    input_ids, mask = batch()
+    outputs = {}
+    for implementation in ("eager", "sdpa"):
+        model = tiny_model(CrammedBertModel).eval()
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        with torch.no_grad():
+            outputs[implementation] = (model(input_ids, mask).last_hidden_state, model(input_ids).last_hidden_state)
+    for eager, sdpa in zip(outputs["eager"], outputs["sdpa"], strict=True):
+        torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
+
+
+def test_hidden_states_on_request() -> None:
+    model = tiny_model().eval()
+    input_ids, mask = batch()
+    with torch.no_grad():
+        out = model(input_ids, mask, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert all(h.shape == (*input_ids.shape, 16) for h in out.hidden_states)
+
+
+# --- heads ----------------------------------------------------------------------------------------------------
+
+
+def test_masked_lm_loss_counts_labelled_positions_only() -> None:
+    model = tiny_model().eval()
+    input_ids, mask = batch()
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 2], labels[2, 5] = 7, 11
+    with torch.no_grad():
+        out = model(input_ids, mask, labels=labels)
+    assert out.logits.shape == (*input_ids.shape, VOCAB)
+    picked = out.logits[[0, 2], [2, 5]]
+    torch.testing.assert_close(out.loss, F.cross_entropy(picked, torch.tensor([7, 11])))
+
+
+def one_training_step(model: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """One AdamW step; returns the loss before it, and checks every parameter got a gradient and moved."""
+    input_ids, mask = batch()
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    loss = model(input_ids, mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+    moved = [name for name, param in model.named_parameters() if not torch.equal(param, before[name])]
+    assert any(name.startswith("head.") for name in moved) and any(".attn." in name for name in moved)
+    return loss
+
+
+def test_sequence_classification_with_three_labels_trains_one_step() -> None:
+    model = tiny_model(CrammedBertForSequenceClassification, num_labels=3)
+    assert model.head.weight.shape == (3, 20) and model.config.num_labels == 3
+    labels = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        logits = model.eval()(*batch()).logits
+    assert logits.shape == (3, 3)
+    loss = one_training_step(model, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_classification_with_one_label_is_regression() -> None:
+    model = tiny_model(CrammedBertForSequenceClassification, num_labels=1)
+    labels = torch.tensor([0.5, -1.0, 2.0])
+    with torch.no_grad():
+        logits = model.eval()(*batch()).logits
+    assert logits.shape == (3, 1)
+    loss = one_training_step(model, labels)
+    torch.testing.assert_close(loss, F.mse_loss(logits[:, 0], labels), rtol=1e-5, atol=1e-6)
+
+
+def test_token_classification() -> None:
+    model = tiny_model(CrammedBertForTokenClassification, num_labels=4)
+    input_ids, mask = batch()
+    labels = torch.randint(0, 4, input_ids.shape, generator=torch.Generator().manual_seed(3))
+    labels[mask == 0] = -100
+    with torch.no_grad():
+        out = model.eval()(input_ids, mask, labels=labels)
+    assert out.logits.shape == (*input_ids.shape, 4)
+    kept = labels != -100
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[kept], labels[kept]))
+    one_training_step(model, labels)
+
+
+# --- input checks ---------------------------------------------------------------------------------------------
+
+
+def test_input_ids_outside_the_vocabulary_are_refused() -> None:
+    model = tiny_model(CrammedBertModel).eval()
+    input_ids, mask = batch()
+    for bad in (VOCAB, -1):
+        corrupted = input_ids.clone()
+        corrupted[1, 4] = bad
+        with pytest.raises(ValueError, match=f"vocab_size.*{bad}"):
+            model(corrupted, mask)
+    with pytest.raises(TypeError, match="integer"):
+        model(input_ids.float(), mask)
+    with pytest.raises(ValueError, match=r"\(batch, sequence\)"):
+        model(input_ids[0], mask[0])
+
+
+def test_sequences_longer_than_max_length_are_refused() -> None:
+    model = tiny_model().eval()
+    too_long = torch.zeros(2, MAX_LEN + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"sequence length {MAX_LEN + 1} exceeds.*max_position_embeddings={MAX_LEN}"):
+        model(too_long)
+    model(too_long[:, :MAX_LEN])
+
+
+def test_attention_mask_of_wrong_shape_is_refused() -> None:
+    model = tiny_model(CrammedBertModel).eval()
+    input_ids, mask = batch()
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model(input_ids, mask[:, :-1])
+
+
+def test_invalid_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(num_attention_heads=5)
+    with pytest.raises(ValueError, match="fff_impl"):
+        tiny_config(fff_impl="magic")
+
+
+# --- bad checkpoints ------------------------------------------------------------------------------------------
+
+
+def saved(tmp_path: Path, model: torch.nn.Module, original: bool = False) -> Path:
+    folder = tmp_path / "checkpoint"
+    save_original(model, folder) if original else model.save_pretrained(folder)
+    return folder
+
+
+def edit_weights(folder: Path, edit: callable) -> None:
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | changes))
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model())
+    edit_weights(folder, lambda w: w.pop("encoder.layers.1.norm2.weight"))
+    with pytest.raises(CheckpointError, match=r"missing \(1\): encoder\.layers\.1\.norm2\.weight"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+
+
+def test_unexpected_key_is_named(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model())
+    edit_weights(folder, lambda w: w.update({"encoder.layers.0.attn.extra.weight": torch.zeros(2)}))
+    with pytest.raises(CheckpointError, match=r"unexpected \(1\): encoder\.layers\.0\.attn\.extra\.weight"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+
+
+def test_feedforward_type_mismatch_is_explained(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model(ffn_type="dense"))
+    edit_config(folder, ffn_type="fff")
+    with pytest.raises(CheckpointError) as error:
+        AutoModelForMaskedLM.from_pretrained(folder)
+    message = str(error.value)
+    assert "encoder.layers.0.ffn.linear_in.weight" in message and "encoder.layers.0.ffn.dense_in.weight" in message
+    assert "ffn_type" in message
+
+
+def test_mis_shaped_key_is_named(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model())
+    edit_config(folder, vocab_size=VOCAB + 5)
+    with pytest.raises(CheckpointError, match=r"encoder\.embedding\.word_embedding\.weight \(checkpoint \(50, 16\)"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+
+
+def test_classifier_with_another_label_count_is_explained(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model(CrammedBertForSequenceClassification, num_labels=3))
+    with pytest.raises(CheckpointError, match=r"(?s)head\.weight.*num_labels"):
+        AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    fresh = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, ignore_mismatched_sizes=True)
+    assert fresh.head.weight.shape == (2, 20)
+
+
+def test_classifier_starts_from_a_masked_lm_checkpoint(tmp_path: Path) -> None:
+    mlm = tiny_model()
+    folder = saved(tmp_path, mlm, original=True)
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+    assert classifier.head.weight.shape == (3, 20)
+    assert torch.equal(classifier.encoder.layers[1].ffn.linear_in.weight, mlm.encoder.layers[1].ffn.linear_in.weight)
+
+
+def test_tied_copy_that_differs_is_refused(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model(), original=True)
+    edit_weights(folder, lambda w: w["decoder.weight"].add_(1e-3))
+    with pytest.raises(CheckpointError, match="decoder.weight differs from encoder.embedding.word_embedding.weight"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+    edit_weights(folder, lambda w: w.pop("encoder.embedding.word_embedding.weight"))
+    with pytest.raises(CheckpointError, match="no encoder.embedding.word_embedding.weight"):
+        AutoModelForMaskedLM.from_pretrained(folder)

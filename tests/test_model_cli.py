@@ -1,0 +1,78 @@
+"""Command line (fill-mask, classify, convert) on the original-format fixtures, and the whole-model benchmark on
+a tiny configuration."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ultrafastbert.bench.model import ModelBenchConfig, run_model_benchmark
+from ultrafastbert.cli import main
+from ultrafastbert.model import CrammedBertForMaskedLM, CrammedBertForSequenceClassification
+from ultrafastbert.model.checkpoint import checkpoint_format
+from ultrafastbert.model.inference import classify, fill_mask, load_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_fill_mask_returns_top_k_per_mask(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = FIXTURES / "mlm_fff_1x3"
+    assert main(["fill-mask", "--model", str(folder), "--top-k", "3", "the quick <mask> fox <mask>"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [row[:2] for row in rows] == [[f"mask {m}", str(rank)] for m in (0, 1) for rank in (1, 2, 3)]
+    probabilities = [float(row[3]) for row in rows[:3]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+    model = CrammedBertForMaskedLM.from_pretrained(folder).eval()
+    tokenizer = load_tokenizer(folder)
+    predictions = fill_mask(model, tokenizer, "the quick <mask> fox", top_k=2)
+    encoded = tokenizer("the quick <mask> fox", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**encoded).logits[0]
+    position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero())
+    assert [p.token_id for p in predictions[0]] == logits[position].topk(2).indices.tolist()
+    with pytest.raises(ValueError, match="mask token"):
+        fill_mask(model, tokenizer, "no mask here")
+
+
+def test_classify_reads_lines_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = FIXTURES / "cls_fff_1x3_avg_3labels"
+    lines = ["the fox is quick", "a dog\tthe fox", "", "language models"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["classify", "--model", str(folder), "--batch-size", "2"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 and all(row[0].startswith("LABEL_") and 0 < float(row[1]) <= 1 for row in rows)
+    model = CrammedBertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = load_tokenizer(folder)
+    alone = classify(model, tokenizer, ["a dog\tthe fox"])[0]
+    assert (alone.label, f"{alone.score:.4f}") == (rows[1][0], rows[1][1])
+    regression = FIXTURES / "cls_dense_zero_index_1label"
+    model = CrammedBertForSequenceClassification.from_pretrained(regression).eval()
+    assert classify(model, load_tokenizer(regression), ["the fox"])[0].label is None
+
+
+def test_convert_command_writes_both_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean, original = tmp_path / "clean", tmp_path / "original"
+    assert main(["convert", str(FIXTURES / "mlm_dense_gluglu"), str(clean)]) == 0
+    assert main(["convert", str(clean), str(original), "--to", "original"]) == 0
+    assert (checkpoint_format(clean), checkpoint_format(original)) == ("clean", "original")
+    assert capsys.readouterr().out.split() == [str(clean), str(original)]
+
+
+def test_model_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
+    config = ModelBenchConfig(
+        batches=(1, 2), seq_len=8, layers=1, hidden=16, heads=2, vocab=40, dense_intermediate=32, fff_depth=2,
+        repeats=1, component_repeats=1,
+    )
+    report = run_model_benchmark(config, output=tmp_path / "model")
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert (tmp_path / "model.png").stat().st_size > 0
+    assert written["machine"]["torch_threads"] >= 1 and written["config"]["layers"] == 1
+    names = {r["name"] for r in report["results"]}
+    assert len(names) == 4 and len(report["results"]) == 8
+    assert all(set(r["components_ms"]) == {"embeddings", "attention", "feedforward", "head", "other"}
+               for r in report["results"])
+    assert set(report["ratios"]) == {"1", "2"} and all(len(table) == 3 for table in report["ratios"].values())

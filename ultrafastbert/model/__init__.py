@@ -1,0 +1,47 @@
+"""The crammedBERT / UltraFastBERT models and their ``transformers`` integration."""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
+
+from .checkpoint import CheckpointError, convert_checkpoint
+from .configuration import MODEL_TYPE, CrammedBertConfig
+from .modeling import (
+    CrammedBertForMaskedLM,
+    CrammedBertForSequenceClassification,
+    CrammedBertForTokenClassification,
+    CrammedBertModel,
+    CrammedBertPreTrainedModel,
+)
+from .tokenizer import CrammedBertTokenizer
+
+
+def register_auto_classes() -> None:
+    """Make the ``Auto*`` classes resolve ``model_type = "crammedBERT"`` to these classes (idempotent)."""
+    AutoConfig.register(MODEL_TYPE, CrammedBertConfig, exist_ok=True)
+    AutoModel.register(CrammedBertConfig, CrammedBertModel, exist_ok=True)
+    AutoModelForMaskedLM.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(CrammedBertConfig, CrammedBertForSequenceClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(CrammedBertConfig, CrammedBertForTokenClassification, exist_ok=True)
+    AutoTokenizer.register(CrammedBertConfig, tokenizer_class=CrammedBertTokenizer, exist_ok=True)
+
+
+register_auto_classes()
+
+__all__ = [
+    "CheckpointError",
+    "CrammedBertConfig",
+    "CrammedBertForMaskedLM",
+    "CrammedBertForSequenceClassification",
+    "CrammedBertForTokenClassification",
+    "CrammedBertModel",
+    "CrammedBertPreTrainedModel",
+    "CrammedBertTokenizer",
+    "convert_checkpoint",
+    "register_auto_classes",
+]

@@ -1,0 +1,88 @@
+"""Small inference helpers behind ``ultrafastbert fill-mask`` and ``ultrafastbert classify``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .modeling import CrammedBertForMaskedLM, CrammedBertForSequenceClassification
+
+
+@dataclass(frozen=True)
+class TokenPrediction:
+    """One candidate for a masked position."""
+
+    token: str
+    token_id: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class ClassPrediction:
+    """The classifier's answer for one input: the best label and its probability, or the regression value."""
+
+    label: str | None
+    score: float
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
+    """The checkpoint folder's own tokenizer (``tokenizer.json`` + original special tokens)."""
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@torch.inference_mode()
+def fill_mask(
+    model: CrammedBertForMaskedLM, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5
+) -> list[list[TokenPrediction]]:
+    """The ``top_k`` most probable tokens for every ``<mask>`` in ``text``, in order of the masks."""
+    mask_token = tokenizer.mask_token
+    if mask_token is None or mask_token not in text:
+        raise ValueError(f"text must contain the mask token {mask_token!r}: {text!r}")
+    encoded = tokenizer(
+        text, return_tensors="pt", truncation=True, max_length=model.config.max_position_embeddings
+    )
+    input_ids = encoded["input_ids"]  # (1, S)
+    logits = model(input_ids, encoded["attention_mask"]).logits[0]  # (S, V)
+    positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().flatten()
+    if not len(positions):
+        raise ValueError(f"the mask token was truncated away (max length {model.config.max_position_embeddings})")
+    probabilities = logits[positions].softmax(dim=-1)  # (masks, V)
+    best = probabilities.topk(min(top_k, probabilities.shape[-1]), dim=-1)
+    return [
+        [
+            TokenPrediction(tokenizer.convert_ids_to_tokens(int(token_id)), int(token_id), float(probability))
+            for probability, token_id in zip(row_probabilities, row_ids, strict=True)
+        ]
+        for row_probabilities, row_ids in zip(best.values, best.indices, strict=True)
+    ]
+
+
+@torch.inference_mode()
+def classify(
+    model: CrammedBertForSequenceClassification,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 32,
+) -> list[ClassPrediction]:
+    """Classify ``texts``; a text with a tab is a sentence pair (``first<TAB>second``), as in GLUE."""
+    predictions: list[ClassPrediction] = []
+    max_length = model.config.max_position_embeddings
+    for start in range(0, len(texts), batch_size):
+        pairs = [text.split("\t", 1) for text in texts[start : start + batch_size]]
+        rows = [tokenizer(*pair, truncation=True, max_length=max_length) for pair in pairs]
+        encoded = tokenizer.pad(rows, return_tensors="pt")
+        logits = model(encoded["input_ids"], encoded["attention_mask"]).logits  # (B, C)
+        if model.num_labels == 1:
+            predictions += [ClassPrediction(None, float(value)) for value in logits[:, 0]]
+            continue
+        probabilities = logits.softmax(dim=-1)
+        best = probabilities.max(dim=-1)
+        predictions += [
+            ClassPrediction(model.config.id2label[int(index)], float(probability))
+            for probability, index in zip(best.values, best.indices, strict=True)
+        ]
+    return predictions

@@ -1,0 +1,435 @@
+"""crammedBERT / UltraFastBERT models (DESIGN §2), in data-flow order: embeddings -> attention -> layer ->
+encoder -> heads.
+
+Module and parameter names are those of the published checkpoints (``encoder.layers.N.attn.self_attention.
+query_key_value.weight``, ``encoder.layers.N.ffn.linear_in.weight``, ...), so their state dicts load unchanged;
+only the configuration and the tied ``decoder.weight`` copy differ between the original and the clean format
+(see ``checkpoint.py``). Shapes: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``C`` labels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from ..fff import FFF
+from ..fff import IMPLEMENTATIONS as FFF_IMPLEMENTATIONS
+from .configuration import CrammedBertConfig
+
+# Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
+MASKED_SCORE = -10000.0
+
+
+class ScaledSinusoidalPositions(nn.Module):
+    """Sine on even, cosine on odd features of ``position * exp(-ln(10000) * 2i / H)``, times one learned scalar
+    ``scale_factor``. The table is recomputed per device rather than stored: it is a function of the shape only."""
+
+    def __init__(self, hidden_size: int, max_positions: int) -> None:
+        super().__init__()
+        self.hidden_size, self.max_positions = hidden_size, max_positions
+        self.scale_factor = nn.Parameter(torch.full((1,), hidden_size**-0.5))
+        self._tables: dict[torch.device, Tensor] = {}
+
+    def table(self, device: torch.device) -> Tensor:
+        """The fp32 ``(max_positions, H)`` table on ``device``."""
+        if device not in self._tables:
+            position = torch.arange(self.max_positions, dtype=torch.float32, device=device).unsqueeze(1)
+            frequency = torch.exp(
+                torch.arange(0, self.hidden_size, 2, dtype=torch.float32, device=device)
+                * (-math.log(10000.0) / self.hidden_size)
+            )
+            table = torch.zeros(self.max_positions, self.hidden_size, device=device)
+            table[:, 0::2] = torch.sin(position * frequency)
+            table[:, 1::2] = torch.cos(position * frequency)
+            self._tables[device] = table
+        return self._tables[device]
+
+    def forward(self, seq_len: int) -> Tensor:
+        """``(S, H)`` position embeddings for positions ``0..S-1``."""
+        scale = self.scale_factor
+        return scale * self.table(scale.device)[:seq_len].to(scale.dtype)
+
+
+class CrammedEmbedding(nn.Module):
+    """Word embedding + scaled sinusoidal positions, LayerNorm, dropout. No token types."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.pos_embedding = ScaledSinusoidalPositions(config.hidden_size, config.max_position_embeddings)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.embedding_dropout_prob)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        embeds = self.word_embedding(input_ids) + self.pos_embedding(input_ids.shape[1])  # (B, S, H)
+        return self.dropout(self.norm(embeds))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused, per-head-interleaved QKV projection and no biases.
+
+    ``query_key_value`` rows are grouped by head: its output viewed as ``(B, S, heads, 3*head_dim)`` splits into
+    q, k, v along the last dim. Scores are scaled by the stored ``norm_factor`` buffer (``head_dim**-0.5`` when
+    fresh; a checkpoint's own value is used as is). ``attn_implementation="eager"`` selects the explicit
+    computation; otherwise ``scaled_dot_product_attention`` computes the same function.
+    """
+
+    norm_factor: Tensor
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.register_buffer("norm_factor", torch.tensor(self.head_dim**-0.5))
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
+        """``hidden_states`` ``(B, S, H)``, ``attention_bias`` additive ``(B, 1, 1 or S, S)`` -> ``(B, S, H)``."""
+        batch, seq_len, hidden = hidden_states.shape
+        qkv = self.query_key_value(hidden_states).view(batch, seq_len, self.num_heads, 3 * self.head_dim)
+        query, key, value = (t.transpose(1, 2) for t in qkv.split(self.head_dim, dim=-1))  # 3 x (B, heads, S, d)
+        dropout = self.dropout_prob if self.training else 0.0
+        if self.config._attn_implementation == "eager":
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.norm_factor  # (B, heads, S, S)
+            if attention_bias is not None:
+                scores = scores + attention_bias
+            probs = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=self.training)
+            context = torch.matmul(probs, value)  # (B, heads, S, d)
+        else:
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_bias, dropout_p=dropout, scale=float(self.norm_factor)
+            )
+        return context.transpose(1, 2).reshape(batch, seq_len, hidden)
+
+
+class AttentionComponent(nn.Module):
+    """Self-attention followed by its output projection ``dense`` (no bias)."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        self.self_attention = SelfAttention(config)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
+        return self.dense(self.self_attention(hidden_states, attention_bias))
+
+
+class GatedGELU(nn.Module):
+    """``GELUglu``: the first half of the features times GELU of the second half (the original's order)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = x.chunk(2, dim=-1)
+        return F.gelu(gate) * value
+
+
+class FFNComponent(nn.Module):
+    """Dense feedforward of crammedBERT: ``dense_in`` (H -> I), GELU or gated GELU, ``dense_out`` (I or I/2 -> H)."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        gated = config.hidden_act == "gelu_glu"
+        intermediate = config.intermediate_size
+        self.dense_in = nn.Linear(config.hidden_size, intermediate, bias=False)
+        self.nonlin = GatedGELU() if gated else nn.GELU()
+        self.dense_out = nn.Linear(intermediate // 2 if gated else intermediate, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.dense_out(self.nonlin(self.dense_in(hidden_states)))
+
+
+class CrammedLayer(nn.Module):
+    """Pre-LayerNorm transformer layer: ``x + drop(attn(norm1(x)))``, then ``x + drop(ffn(norm2(x)))``."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = AttentionComponent(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn: nn.Module
+        if config.ffn_type == "fff":
+            self.ffn = FFF(
+                config.hidden_size,
+                config.fff_depth,
+                trees=config.fff_trees,
+                impl=config.fff_impl,
+                init_std=config.initializer_range,
+            )
+        else:
+            self.ffn = FFNComponent(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
+        hidden_states = hidden_states + self.dropout(self.attn(self.norm1(hidden_states), attention_bias))
+        return hidden_states + self.dropout(self.ffn(self.norm2(hidden_states)))
+
+
+class CrammedBertPreTrainedModel(PreTrainedModel):
+    """Shared ``transformers`` plumbing: config class, weight init, FFF path selection, strict loading."""
+
+    config_class = CrammedBertConfig
+    config: CrammedBertConfig
+    base_model_prefix = "encoder"
+    _supports_sdpa = True
+    _no_split_modules = ["CrammedLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original init: ``N(0, initializer_range)`` linear/embedding weights (FFF included), zero biases,
+        unit LayerNorms; plus the two non-standard tensors."""
+        super()._init_weights(module)
+        if isinstance(module, ScaledSinusoidalPositions):
+            init.constant_(module.scale_factor, module.hidden_size**-0.5)
+        elif isinstance(module, SelfAttention):
+            init.constant_(module.norm_factor, module.head_dim**-0.5)
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """``set_attn_implementation`` works: ``SelfAttention`` reads ``config._attn_implementation`` at each call
+        (``transformers`` guesses otherwise from the source, looking for its own attention interface)."""
+        return True
+
+    def set_fff_impl(self, impl: str) -> None:
+        """Select the execution path of every FFF layer (``"auto"``, ``"reference"``, ...), and record it in the
+        config so that a saved model keeps it."""
+        if impl not in FFF_IMPLEMENTATIONS:
+            raise ValueError(f"unknown FFF impl {impl!r}; choose one of {FFF_IMPLEMENTATIONS}")
+        self.config.fff_impl = impl
+        for module in self.modules():
+            if isinstance(module, FFF):
+                module.impl = impl
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing backbone keys,
+        keys that belong to no crammedBERT model, mis-shaped keys and a tied ``decoder.weight`` copy that differs
+        from the word embedding raise ``CheckpointError`` naming them (``transformers`` only warns)."""
+        from .checkpoint import check_loading_info, check_tied_decoder_copy
+
+        check_tied_decoder_copy(pretrained_model_name_or_path)
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+        check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched_sizes)
+        return (model, info) if want_info else model
+
+
+class CrammedBertModel(CrammedBertPreTrainedModel):
+    """The bare encoder (``AutoModel``): embedding, pre-LN layers, final LayerNorm."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__(config)
+        self.embedding = CrammedEmbedding(config)
+        self.layers = nn.ModuleList([CrammedLayer(config) for _ in range(config.num_hidden_layers)])
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding.word_embedding
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embedding.word_embedding = value
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutput:
+        """``input_ids`` ``(B, S)``, ``attention_mask`` ``(B, S)`` (1 = attend) or ``(B, S, S)`` ->
+        ``last_hidden_state`` ``(B, S, H)`` (after the final norm); ``hidden_states`` on request: the embedding
+        output and every layer's output, before the final norm."""
+        self._check_input_ids(input_ids)
+        attention_bias = self._attention_bias(attention_mask, input_ids.shape)
+        hidden_states = self.embedding(input_ids)  # (B, S, H)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        if attention_bias is not None:
+            attention_bias = attention_bias.to(hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_bias)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=self.final_norm(hidden_states),
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+        )
+
+    def _check_input_ids(self, input_ids: Tensor) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (batch, sequence) tensor, got {shape}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        max_len = self.config.max_position_embeddings
+        if input_ids.shape[1] > max_len:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds the model's max_position_embeddings={max_len}; "
+                f"truncate the input (e.g. tokenizer(..., truncation=True, max_length={max_len}))"
+            )
+        if input_ids.numel():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            vocab = self.config.vocab_size
+            if low < 0 or high >= vocab:
+                raise ValueError(
+                    f"input_ids must lie in [0, {vocab}) (the model's vocab_size), got ids from {low} to {high}; "
+                    "is the tokenizer the model's own?"
+                )
+
+    @staticmethod
+    def _attention_bias(attention_mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+        """0/1 mask -> additive bias ``(1 - mask) * -10000`` broadcastable to ``(B, heads, S, S)``."""
+        if attention_mask is None:
+            return None
+        batch, seq_len = shape
+        if attention_mask.shape == (batch, seq_len):
+            mask = attention_mask[:, None, None, :]  # (B, 1, 1, S)
+        elif attention_mask.shape == (batch, seq_len, seq_len):
+            mask = attention_mask[:, None, :, :]  # (B, 1, S, S)
+        else:
+            raise ValueError(
+                f"attention_mask must have shape {(batch, seq_len)} or {(batch, seq_len, seq_len)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        return (1.0 - mask.float()) * MASKED_SCORE
+
+
+class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
+    """Encoder + ``decoder`` (``V x H``, no bias, tied to the word embedding); no head transform."""
+
+    _tied_weights_keys = {"decoder.weight": "encoder.embedding.word_embedding.weight"}
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__(config)
+        self.encoder = CrammedBertModel(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.decoder = value
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> MaskedLMOutput:
+        """``logits`` ``(B, S, V)``; with ``labels`` ``(B, S)`` also the mean cross-entropy over the labelled
+        positions (label ``-100`` = not predicted)."""
+        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.decoder(encoded.last_hidden_state)  # (B, S, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+
+
+class Pooler(nn.Module):
+    """Pool the sequence (``zero_index``: first token; ``avg``: mean over all positions, padding included, as
+    in the original), then ``dense`` (H -> classifier_hidden_size, with bias), Tanh, dropout."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__()
+        self.pooling = config.classifier_pooling
+        self.dense = nn.Linear(config.hidden_size, config.classifier_hidden_size)
+        self.activation = nn.Tanh()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        pooled = hidden_states[:, 0] if self.pooling == "zero_index" else hidden_states.mean(dim=1)  # (B, H)
+        return self.dropout(self.activation(self.dense(pooled)))
+
+
+class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):
+    """Encoder + ``pooler`` + ``head`` (``C x classifier_hidden_size``, with bias). ``num_labels`` follows the
+    config; losses as in ``transformers``: 1 label = regression (MSE), integer labels = cross-entropy, float
+    multi-labels = BCE (``config.problem_type`` overrides)."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.encoder = CrammedBertModel(config)
+        self.pooler = Pooler(config)
+        self.head = nn.Linear(config.classifier_hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> SequenceClassifierOutput:
+        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.head(self.pooler(encoded.last_hidden_state))  # (B, C)
+        loss = None if labels is None else self._loss(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        if problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class CrammedBertForTokenClassification(CrammedBertPreTrainedModel):
+    """Encoder + dropout + ``head`` (``C x H``, with bias) on every position; cross-entropy, label -100 ignored.
+
+    The original class applied a ``C x classifier_hidden_size`` head to ``H``-wide states (only valid when the
+    two sizes agree); this one is sized from ``H``.
+    """
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.encoder = CrammedBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> TokenClassifierOutput:
+        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        logits = self.head(self.dropout(encoded.last_hidden_state))  # (B, S, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
