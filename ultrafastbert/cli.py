@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="benchmarks (layer)")
+    bench = subparsers.add_parser("bench", help="benchmarks (layer, model)")
     which = bench.add_subparsers(dest="bench", required=True)
     layer = which.add_parser("layer", help="FFF layer vs dense FF, all implementations side by side")
     layer.add_argument("--tokens", type=int, nargs="+", default=[1, 128, 16384])
@@ -42,6 +42,202 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
     layer.set_defaults(handler=run)
 
+    from .bench import model as model_bench
+
+    model = which.add_parser("model", help="whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT")
+    model_bench.add_arguments(model)
+    model.set_defaults(handler=model_bench.run_from_args)
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    convert = subparsers.add_parser(
+        "convert", help="rewrite a checkpoint folder between the original (published) and the clean format"
+    )
+    convert.add_argument("source", help="checkpoint folder (either format)")
+    convert.add_argument("destination", help="folder to write")
+    convert.add_argument("--to", choices=("clean", "original"), default="clean", help="format to write")
+
+    def run(args: argparse.Namespace) -> int:
+        from .model import convert_checkpoint
+
+        print(convert_checkpoint(args.source, args.destination, to=args.to))
+        return 0
+
+    convert.set_defaults(handler=run)
+
+
+def _add_fill_mask(subparsers: argparse._SubParsersAction) -> None:
+    fill = subparsers.add_parser("fill-mask", help="top-k predictions for every <mask> in a text")
+    fill.add_argument("--model", required=True, help="masked-LM checkpoint folder (with its tokenizer)")
+    fill.add_argument("--top-k", type=int, default=5)
+    fill.add_argument("text", help='text with one or more <mask>, e.g. "paris is the <mask> of france"')
+
+    def run(args: argparse.Namespace) -> int:
+        from .model import CrammedBertForMaskedLM
+        from .model.inference import fill_mask, load_tokenizer
+
+        model = CrammedBertForMaskedLM.from_pretrained(args.model).eval()
+        predictions = fill_mask(model, load_tokenizer(args.model), args.text, top_k=args.top_k)
+        for index, candidates in enumerate(predictions):
+            for rank, candidate in enumerate(candidates, start=1):
+                print(f"mask {index}\t{rank}\t{candidate.token}\t{candidate.probability:.4f}")
+        return 0
+
+    fill.set_defaults(handler=run)
+
+
+def _add_classify(subparsers: argparse._SubParsersAction) -> None:
+    classify = subparsers.add_parser(
+        "classify", help="classify lines from stdin (a tab separates a sentence pair); prints label and score"
+    )
+    classify.add_argument("--model", required=True, help="sequence-classification checkpoint folder")
+    classify.add_argument("--batch-size", type=int, default=32)
+
+    def run(args: argparse.Namespace) -> int:
+        import sys
+
+        from .model import CrammedBertForSequenceClassification
+        from .model.inference import classify as classify_texts
+        from .model.inference import load_tokenizer
+
+        model = CrammedBertForSequenceClassification.from_pretrained(args.model).eval()
+        tokenizer = load_tokenizer(args.model)
+        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        for prediction in classify_texts(model, tokenizer, lines, batch_size=args.batch_size):
+            label = "" if prediction.label is None else f"{prediction.label}\t"
+            print(f"{label}{prediction.score:.4f}")
+        return 0
+
+    classify.set_defaults(handler=run)
+
+
+def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
+    pretrain = subparsers.add_parser(
+        "pretrain",
+        help="MLM pretraining with the crammed recipe (also under torchrun)",
+        description="Pretrain on your text/JSONL files (--corpus) or the embedded default corpus. Stops at "
+        "--max-steps or --max-minutes, whichever comes first; SIGINT/SIGTERM checkpoint and stop.",
+    )
+    pretrain.add_argument("--output", required=True, help="run folder: checkpoints/, metrics.jsonl, model/")
+    pretrain.add_argument(
+        "--preset", default="tiny-ufb-1x8", help="crammed-bert, ufb-KxD, tiny-crammed-bert[-W], tiny-ufb-KxD"
+    )
+    pretrain.add_argument("--corpus", nargs="*", default=[], help="text files, folders or .jsonl (default: embedded)")
+    pretrain.add_argument("--tokenizer", help="folder with tokenizer.json (default: train one on the corpus)")
+    pretrain.add_argument("--vocab-size", type=int, default=32768)
+    pretrain.add_argument("--seq-len", type=int, default=128)
+    pretrain.add_argument("--max-steps", type=int)
+    pretrain.add_argument("--max-minutes", type=float)
+    pretrain.add_argument("--micro-batch", type=int, default=128, help="sequences per forward pass per process")
+    pretrain.add_argument("--batch", type=int, default=8192, help="final sequences per optimizer step (all processes)")
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    pretrain.add_argument("--checkpoint-every-minutes", type=float, default=10.0)
+    pretrain.add_argument("--eval-every-steps", type=int, default=0)
+    pretrain.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    pretrain.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    pretrain.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    def run(args: argparse.Namespace) -> int:
+        from .train.jobs import PretrainJob, pretrain_job
+        from .train.pretrain import PretrainConfig
+
+        if args.max_steps is None and args.max_minutes is None:
+            raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
+        train = PretrainConfig(
+            micro_batch=args.micro_batch,
+            final_batch=args.batch,
+            max_steps=args.max_steps,
+            max_minutes=args.max_minutes,
+            lr=args.lr,
+            seed=args.seed,
+            bf16=args.bf16,
+            checkpoint_every_minutes=args.checkpoint_every_minutes,
+            eval_every_steps=args.eval_every_steps,
+        )
+        job = PretrainJob(
+            output_dir=args.output,
+            preset=args.preset,
+            corpus=args.corpus,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
+            seq_len=args.seq_len,
+            cache_dir=args.cache_dir,
+            resume=args.resume,
+            device=args.device,
+            train=train,
+        )
+        final = pretrain_job(job)
+        if "val_loss" in final:
+            print(f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f}")
+        return 0
+
+    pretrain.set_defaults(handler=run)
+
+
+def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
+    finetune = subparsers.add_parser(
+        "finetune",
+        help="finetune + evaluate a pretrained model on GLUE or local tasks (median of seeds)",
+        description="Tasks: the local ones (wn-pos, wn-supersense, wn-sense-match, fortune-topic) or GLUE's (cola, "
+        "sst2, mrpc, stsb, qqp, mnli, qnli, rte) from --glue-dir in GLUE's TSV layout.",
+    )
+    finetune.add_argument("--model", required=True, help="pretrained model folder (with tokenizer)")
+    finetune.add_argument("--tasks", nargs="+", required=True)
+    finetune.add_argument("--glue-dir", help="folder holding GLUE task folders (CoLA/, SST-2/, ...)")
+    finetune.add_argument("--output", default="results/finetune", help="path prefix for .json and .md")
+    finetune.add_argument("--lr", type=float, default=4e-5)
+    finetune.add_argument("--batch-size", type=int, default=16)
+    finetune.add_argument("--epochs", type=float, default=5.0)
+    finetune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    finetune.add_argument("--max-train-examples", type=int)
+    finetune.add_argument("--max-eval-examples", type=int)
+    finetune.add_argument("--cache-dir")
+
+    def run(args: argparse.Namespace) -> int:
+        from .train.finetune import FinetuneConfig
+        from .train.jobs import finetune_job
+
+        config = FinetuneConfig(
+            lr=args.lr,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            seeds=tuple(args.seeds),
+            max_train_examples=args.max_train_examples,
+            max_eval_examples=args.max_eval_examples,
+        )
+        finetune_job(args.model, args.tasks, args.output, config, args.glue_dir, args.cache_dir)
+        return 0
+
+    finetune.set_defaults(handler=run)
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser("evaluate", help="MLM validation loss/accuracy of a pretrained model")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--corpus", nargs="*", default=[], help="text files (default: embedded corpus)")
+    evaluate.add_argument("--seq-len", type=int, default=128)
+    evaluate.add_argument("--max-sequences", type=int, default=512)
+    evaluate.add_argument("--cache-dir")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .data.sources import cache_root
+        from .train.jobs import PretrainJob, load_corpus_for, mlm_validation
+
+        cache = Path(args.cache_dir) if args.cache_dir else cache_root()
+        corpus = load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache)
+        metrics = mlm_validation(args.model, corpus, args.seq_len, cache, args.max_sequences)
+        print(
+            f"validation MLM loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f} "
+            f"over {metrics['val_masked_tokens']} masked tokens"
+        )
+        return 0
+
+    evaluate.set_defaults(handler=run)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -50,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_bench(subparsers)
+    _add_convert(subparsers)
+    _add_fill_mask(subparsers)
+    _add_classify(subparsers)
+    _add_pretrain(subparsers)
+    _add_finetune(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""The training commands end to end on small local files: pretrain -> evaluate -> finetune (GLUE TSV layout)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ultrafastbert.cli import main
+
+WORDS = "the a cat dog sat ran on under mat rug big small red blue quick slow and then it was".split()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choices(WORDS, k=rng.randint(20, 60))) for _ in range(1500)))
+    run = root / "run"
+    args = ["pretrain", "--output", str(run), "--corpus", str(corpus), "--preset", "tiny-ufb-2x3"]
+    args += ["--vocab-size", "80", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "8", "--batch", "16"]
+    assert main([*args, "--cache-dir", str(root / "cache")]) == 0
+    return root, run
+
+
+def test_pretrain_writes_a_loadable_model_checkpoints_and_metrics(pretrained):
+    root, run = pretrained
+    final = json.loads((run / "final.json").read_text())
+    assert final["step"] == 4 and final["name"] == "UltraFastBERT-2x3"
+    assert (run / "model" / "config.json").is_file() and (run / "model" / "tokenizer.json").is_file()
+    assert (run / "checkpoints" / "latest").is_file()
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in steps[:4]] == [1, 2, 3, 4]
+
+
+def test_evaluate_reports_mlm_metrics(pretrained, capsys):
+    root, run = pretrained
+    corpus = root / "corpus.txt"
+    args = ["evaluate", "--model", str(run / "model"), "--corpus", str(corpus), "--seq-len", "32"]
+    assert main([*args, "--cache-dir", str(root / "cache")]) == 0
+    assert "validation MLM loss" in capsys.readouterr().out
+
+
+def test_finetune_reads_glue_tsv_and_writes_results(pretrained, tmp_path, capsys):
+    _, run = pretrained
+    rng = random.Random(1)
+    task_dir = tmp_path / "glue" / "SST-2"
+    task_dir.mkdir(parents=True)
+    for split, size in (("train", 32), ("dev", 16)):
+        rows = [f"{' '.join(rng.choices(WORDS, k=6))}\t{rng.randint(0, 1)}" for _ in range(size)]
+        (task_dir / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    output = tmp_path / "results"
+    args = ["finetune", "--model", str(run / "model"), "--tasks", "sst2", "--glue-dir", str(tmp_path / "glue")]
+    assert main([*args, "--output", str(output), "--epochs", "1", "--seeds", "0", "1"]) == 0
+    saved = json.loads(output.with_suffix(".json").read_text())
+    assert [seed["seed"] for seed in saved["tasks"][0]["seeds"]] == [0, 1]
+    assert 0.0 <= saved["tasks"][0]["median"]["validation"]["accuracy"] <= 1.0
+    assert "| sst2 | accuracy |" in capsys.readouterr().out
+
+
+def test_pretrain_without_a_budget_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="budget"):
+        main(["pretrain", "--output", str(tmp_path)])
+
+
+def test_pretrain_on_a_missing_corpus_file_fails_clearly(tmp_path):
+    args = ["pretrain", "--output", str(tmp_path / "run"), "--corpus", str(tmp_path / "nope.txt"), "--max-steps", "1"]
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        main([*args, "--cache-dir", str(tmp_path / "cache")])

@@ -1,0 +1,90 @@
+"""Finetuning: a pretrained folder becomes a classifier / regressor that learns a task, over several seeds."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ultrafastbert.data.tasks import Example, TaskData
+from ultrafastbert.data.tokenizer import train_tokenizer
+from ultrafastbert.model.modeling import CrammedBertForMaskedLM
+from ultrafastbert.train.finetune import FinetuneConfig, finetune_task, write_results
+from ultrafastbert.train.presets import preset_config
+
+ANIMALS, COLOURS, TOOLS = ["cat", "dog", "horse", "bird"], ["red", "blue", "green", "pink"], ["saw", "drill", "axe"]
+FILLER = ["the", "a", "was", "near", "over", "under", "and", "it", "seen", "today"]
+
+
+def sentence(rng: random.Random, keyword: str) -> str:
+    words = rng.choices(FILLER, k=6)
+    words.insert(rng.randrange(len(words) + 1), keyword)
+    return " ".join(words)
+
+
+def topic_task(rng: random.Random, size: int) -> list[Example]:
+    groups = [ANIMALS, COLOURS, TOOLS]
+    return [Example(sentence(rng, rng.choice(groups[label])), None, label) for label in rng.choices(range(3), k=size)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pretrained")
+    texts = [" ".join(FILLER + ANIMALS + COLOURS + TOOLS)] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=60, output_dir=folder)
+    config = preset_config(
+        "tiny-ufb-2x2",
+        len(tokenizer),
+        32,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        classifier_hidden_size=32,
+    )
+    CrammedBertForMaskedLM(config).save_pretrained(folder)
+    return folder, tokenizer
+
+
+def test_classifier_learns_a_three_label_task(pretrained, tmp_path):
+    folder, tokenizer = pretrained
+    rng = random.Random(0)
+    task = TaskData(
+        "topics",
+        topic_task(rng, 192),
+        topic_task(rng, 96),
+        [],
+        3,
+        False,
+        ("accuracy", "macro_f1"),
+        ("animal", "colour", "tool"),
+    )
+    config = FinetuneConfig(lr=5e-3, epochs=8, batch_size=16, seeds=(0, 1, 2), max_length=32)
+    result = finetune_task(folder, task, tokenizer, config, show_progress=False)
+    assert [s.seed for s in result.seeds] == [0, 1, 2]
+    accuracies = sorted(s.metrics["validation"]["accuracy"] for s in result.seeds)
+    assert result.median["validation"]["accuracy"] == accuracies[1]
+    assert result.median["validation"]["accuracy"] > 0.8  # chance is 1/3
+    write_results([result], tmp_path / "results", extra={"model": "tiny"})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["model"] == "tiny" and saved["tasks"][0]["median"]["validation"]["accuracy"] > 0.8
+    assert "| topics | accuracy |" in (tmp_path / "results.md").read_text()
+
+
+def test_regression_with_one_label_learns_a_score(pretrained):
+    folder, tokenizer = pretrained
+    rng = random.Random(1)
+
+    def examples(size: int) -> list[Example]:
+        made = []
+        for _ in range(size):
+            count = rng.randrange(4)
+            words = rng.choices(FILLER, k=5) + ["red"] * count
+            rng.shuffle(words)
+            made.append(Example(" ".join(words), None, float(count)))
+        return made
+
+    task = TaskData("count-red", examples(192), examples(96), [], 1, True, ("pearson", "spearman"), ())
+    config = FinetuneConfig(lr=5e-3, epochs=8, batch_size=16, seeds=(0,), max_length=32)
+    result = finetune_task(folder, task, tokenizer, config, show_progress=False)
+    assert result.median["validation"]["pearson"] > 0.8

@@ -1,0 +1,1 @@
+"""Training: MLM pretraining with the crammed recipe, finetuning, checkpoints, torchrun."""

@@ -1,0 +1,185 @@
+"""Finetuning and evaluation of sequence classifiers (GLUE and the local tasks), several seeds, median reported.
+
+Defaults are the crammedBERT GLUE recipe (``../shared/DESIGN.md`` §3): lr 4e-5, batch 16, 5 epochs, cosine
+schedule with 10% warm-up, no weight decay. ``max_train_examples``/``max_eval_examples`` cap the data for runs on
+a time budget; the caps and the sizes actually used are recorded with the results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
+from ..model.modeling import CrammedBertForSequenceClassification
+from .optim import build_adamw
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = 4e-5
+    batch_size: int = 16
+    epochs: float = 5.0
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.0
+    dropout: float = 0.1
+    max_length: int = 128
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_batch_size: int = 64
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value
+    train_examples: int
+    train_seconds: float
+    final_train_loss: float
+
+
+@dataclass
+class TaskResult:
+    """One task over several seeds: per-seed metrics and the median of each (split, metric)."""
+
+    task: str
+    main_metric: str
+    seeds: list[SeedResult]
+    median: dict[str, dict[str, float]] = field(default_factory=dict)
+    eval_examples: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.median and self.seeds:
+            splits = self.seeds[0].metrics
+            self.median = {
+                split: {name: statistics.median(s.metrics[split][name] for s in self.seeds) for name in metrics}
+                for split, metrics in splits.items()
+            }
+
+
+def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConfig) -> nn.Module:
+    dropout = {
+        "embedding_dropout_prob": config.dropout,
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.dropout,
+        "classifier_dropout": config.dropout,
+    }
+    labels = {"id2label": dict(enumerate(task.label_names))} if task.label_names else {}
+    return CrammedBertForSequenceClassification.from_pretrained(
+        model_dir, num_labels=task.num_labels, **labels, **dropout
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, examples: list[Example], collator: TaskCollator, batch_size: int) -> torch.Tensor:
+    """Logits ``(N, C)`` (or scores ``(N, 1)``) in eval mode: FFF layers take the conditional inference path."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(examples), batch_size):
+        batch = collator(examples[start : start + batch_size])
+        batch.pop("labels")
+        outputs.append(model(**batch).logits.float())
+    return torch.cat(outputs) if outputs else torch.empty(0, 1)
+
+
+def evaluate(
+    model: nn.Module, task: TaskData, collator: TaskCollator, batch_size: int, max_examples: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Every labelled evaluation split of ``task`` scored with the task's metrics."""
+    results = {}
+    for split, examples in task.evaluation_splits().items():
+        examples = examples[:max_examples] if max_examples else examples
+        logits = predict(model, examples, collator, batch_size)
+        labels = torch.tensor([example.label for example in examples])
+        results[split] = compute_metrics(task.metric_names, logits, labels)
+    return results
+
+
+def finetune_seed(
+    model_dir: str | Path, task: TaskData, tokenizer: Any, config: FinetuneConfig, seed: int, show_progress: bool = True
+) -> SeedResult:
+    """Finetune the pretrained model in ``model_dir`` on ``task`` with one seed and evaluate it."""
+    torch.manual_seed(seed)
+    model = _load_classifier(model_dir, task, config)
+    collator = TaskCollator(tokenizer, config.max_length, task.is_regression)
+    train = task.train[: config.max_train_examples] if config.max_train_examples else task.train
+    if not train:
+        raise ValueError(f"task {task.name!r} has no training examples")
+    loader = DataLoader(
+        train,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    total_steps = max(1, math.ceil(len(loader) * config.epochs))
+    optimizer = build_adamw(model, config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    started, step, loss_value = time.perf_counter(), 0, float("nan")
+    bar = tqdm(total=total_steps, desc=f"{task.name} seed {seed}", disable=not show_progress, leave=False)
+    model.train()
+    while step < total_steps:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            if step >= total_steps:
+                break
+    bar.close()
+    seconds = time.perf_counter() - started
+    metrics = evaluate(model, task, collator, config.eval_batch_size, config.max_eval_examples)
+    return SeedResult(seed, metrics, len(train), seconds, loss_value)
+
+
+def finetune_task(
+    model_dir: str | Path, task: TaskData, tokenizer: Any, config: FinetuneConfig, show_progress: bool = True
+) -> TaskResult:
+    """All seeds of ``config`` on ``task``; the result carries the median of every metric."""
+    seeds = [finetune_seed(model_dir, task, tokenizer, config, seed, show_progress) for seed in config.seeds]
+    sizes = {
+        split: len(examples[: config.max_eval_examples] if config.max_eval_examples else examples)
+        for split, examples in task.evaluation_splits().items()
+    }
+    return TaskResult(task.name, task.metric_names[0], seeds, eval_examples=sizes)
+
+
+def results_table(results: list[TaskResult], split: str = "validation") -> str:
+    """Markdown: one row per task, its main metric's median over seeds (x100), plus the average."""
+    lines = ["| task | metric | median | seeds | train / eval examples |", "|---|---|---|---|---|"]
+    for result in results:
+        value = result.median[split][result.main_metric]
+        lines.append(
+            f"| {result.task} | {result.main_metric} | {100 * value:.1f} | {len(result.seeds)} | "
+            f"{result.seeds[0].train_examples} / {result.eval_examples.get(split, 0)} |"
+        )
+    if results:
+        average = statistics.mean(r.median[split][r.main_metric] for r in results)
+        lines.append(f"| average | | {100 * average:.1f} | | |")
+    return "\n".join(lines)
+
+
+def write_results(results: list[TaskResult], path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """``path``.json (every seed and median) and ``path``.md (the table)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**(extra or {}), "tasks": [asdict(result) for result in results]}
+    path.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    path.with_suffix(".md").write_text(results_table(results) + "\n")

@@ -1,0 +1,184 @@
+"""Whole jobs, wired from the parts: data -> tokenizer -> model -> loop -> saved folder. Used by the CLI and demo.
+
+``pretrain_job``: a corpus (yours, or the embedded default) to a pretrained model folder (``save_pretrained`` +
+tokenizer) with checkpoints and metrics. ``finetune_job``: a pretrained folder to per-task scores (median over
+seeds) as JSON + markdown. ``mlm_validation``: masked-LM loss and accuracy of a pretrained folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data import (
+    MLMCollator,
+    corpus_from_paths,
+    load_glue_task,
+    load_tokenizer,
+    mask_tokens,
+    packed_dataset,
+    prepare_default_data,
+    tokenizer_for_corpus,
+)
+from ..data.corpus import Corpus
+from ..data.sources import cache_root
+from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task
+from ..model.modeling import CrammedBertForMaskedLM
+from .distributed import DistributedContext, barrier, init_distributed, shutdown
+from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
+from .presets import preset_config
+from .pretrain import Masker, PretrainConfig, Pretrainer, mlm_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def sequence_masker(collator: MLMCollator) -> Masker:
+    """The MLM collator's masking applied row by row, each row with its own generator (see ``pretrain.py``)."""
+
+    def mask(ids: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
+        special = torch.isin(ids, collator.special_ids)
+        rows = [
+            mask_tokens(
+                ids[i : i + 1],
+                special[i : i + 1],
+                collator.mask_token_id,
+                collator.replacement_ids,
+                collator.config,
+                generator,
+            )
+            for i, generator in enumerate(generators)
+        ]
+        return torch.cat([inputs for inputs, _ in rows]), torch.cat([labels for _, labels in rows])
+
+    return mask
+
+
+@dataclass
+class PretrainJob:
+    """Everything ``ultrafastbert pretrain`` needs; ``corpus`` empty means the embedded default corpus."""
+
+    output_dir: str
+    preset: str = "tiny-ufb-1x8"
+    corpus: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+    vocab_size: int = 32768
+    seq_len: int = 128
+    cache_dir: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    train: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
+    if job.corpus:
+        return corpus_from_paths(job.corpus, cache)
+    return prepare_default_data(cache).corpus
+
+
+def pretrain_job(job: PretrainJob, context: DistributedContext | None = None) -> dict[str, Any]:
+    """Pretrain per ``job``; returns the final record (step, time, validation loss/accuracy, model folder)."""
+    own_context = context is None
+    context = context or init_distributed(job.device)
+    cache = Path(job.cache_dir) if job.cache_dir else cache_root()
+    try:
+        # rank 0 builds the caches (corpus, tokenizer, packed sequences) first; the others then read them
+        if not context.is_main:
+            barrier(context)
+        corpus = load_corpus_for(job, cache)
+        tokenizer = (
+            load_tokenizer(job.tokenizer)
+            if job.tokenizer
+            else tokenizer_for_corpus(corpus, job.vocab_size, cache, model_max_length=job.seq_len)
+        )
+        train_data = packed_dataset(corpus, tokenizer, "train", job.seq_len, cache)
+        validation_data = packed_dataset(corpus, tokenizer, "validation", job.seq_len, cache)
+        if context.is_main:
+            barrier(context)
+        model_config = preset_config(job.preset, len(tokenizer), job.seq_len)
+        torch.manual_seed(job.train.seed)
+        model = CrammedBertForMaskedLM(model_config)
+        run_config = {
+            "preset": job.preset,
+            "model": model_config.to_diff_dict(),
+            "seq_len": job.seq_len,
+            "tokenizer_size": len(tokenizer),
+            "corpus": corpus.content_hash,
+            "train": asdict(job.train),
+        }
+        run_config["train"].pop("max_minutes")  # a resumed run may get a new time budget
+        trainer = Pretrainer(
+            model,
+            train_data,
+            sequence_masker(MLMCollator(tokenizer, seed=job.train.seed)),
+            job.train,
+            job.output_dir,
+            context,
+            validation_sequences=validation_data,
+            run_config=json.loads(json.dumps(run_config)),
+        )
+        if job.resume and trainer.resume() and context.is_main:
+            logger.info("resumed from step %d", trainer.step)
+        final = trainer.run()
+        if context.is_main:
+            model_dir = Path(job.output_dir) / "model"
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            final |= {
+                "model_dir": str(model_dir),
+                "sequences": len(train_data),
+                "parameters": model.num_parameters(),
+                "preset": job.preset,
+                "name": model_config.name,
+            }
+            (Path(job.output_dir) / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+        return final
+    finally:
+        if own_context:
+            shutdown(context)
+
+
+def load_task(name: str, glue_dir: str | None, cache_dir: str | None) -> TaskData:
+    """A local task by name (built from the embedded data on first use) or a GLUE task from ``glue_dir``."""
+    cache = Path(cache_dir) if cache_dir else cache_root()
+    if name in LOCAL_TASKS:
+        try:
+            return load_local_task(name, cache)
+        except FileNotFoundError:
+            return prepare_default_data(cache).tasks[name]
+    if glue_dir is None:
+        raise ValueError(f"task {name!r} is not a local task ({', '.join(LOCAL_TASKS)}); GLUE tasks need --glue-dir")
+    return load_glue_task(name, glue_dir)
+
+
+def finetune_job(
+    model_dir: str,
+    tasks: list[str],
+    output: str,
+    config: FinetuneConfig,
+    glue_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> list[TaskResult]:
+    """Finetune ``model_dir`` on every task, write ``output``.json/.md, print the table."""
+    tokenizer = load_tokenizer(model_dir)
+    results = []
+    for name in tasks:
+        task = load_task(name, glue_dir, cache_dir)
+        logger.info("%s", task.summary())
+        results.append(finetune_task(model_dir, task, tokenizer, config))
+    write_results(results, output, extra={"model_dir": str(model_dir), "config": asdict(config)})
+    print(results_table(results))
+    return results
+
+
+def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512) -> dict:
+    """Masked-LM loss and accuracy of a saved model on a corpus's validation split (fixed masks)."""
+    tokenizer = load_tokenizer(model_dir)
+    model = CrammedBertForMaskedLM.from_pretrained(model_dir)
+    validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
+    return mlm_metrics(model, validation, sequence_masker(MLMCollator(tokenizer)), 32, max_sequences=max_sequences)

@@ -1,0 +1,319 @@
+"""Masked-language-model pretraining with the crammed recipe (``../shared/DESIGN.md`` §3).
+
+The loop is deterministic given the seed: the global order of sequences is a seeded permutation per epoch, and
+each sequence's mask is drawn from a generator seeded by its global position. A run therefore resumes exactly
+from a checkpoint, and ``N`` processes with micro-batch ``b`` see exactly the sequences and masks one process
+with micro-batch ``N*b`` sees. The loss of an optimizer step is the sum over every masked token of the step
+divided by their global count, so both set-ups compute the same gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
+from .optim import build_adamw
+from .schedule import BatchRamp, Budget, TriangleSchedule
+
+# (token ids (B, S), one generator per sequence) -> (input ids, labels with -100 where not masked)
+Masker = Callable[[Tensor, Sequence[torch.Generator]], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class PretrainConfig:
+    """Optimisation settings of one pretraining run; defaults are the crammed ``bert-o4`` recipe."""
+
+    micro_batch: int = 128
+    final_batch: int = 8192
+    batch_ramp_until: float = 0.6
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-12
+    weight_decay: float = 0.01
+    clip_norm: float = 0.5
+    lr_start_factor: float = 0.25
+    lr_peak_at: float = 0.75
+    seed: int = 0
+    bf16: bool = False
+    checkpoint_every_minutes: float = 10.0
+    eval_every_steps: int = 0
+    log_every_steps: int = 1
+    keep_checkpoints: int = 2
+
+    @property
+    def budget(self) -> Budget:
+        seconds = None if self.max_minutes is None else self.max_minutes * 60.0
+        return Budget(max_steps=self.max_steps, max_seconds=seconds)
+
+
+class SequenceOrder:
+    """Global sequence order: a seeded permutation per epoch, concatenated; positions count sequences consumed."""
+
+    def __init__(self, num_sequences: int, seed: int) -> None:
+        if num_sequences < 1:
+            raise ValueError("the training set has no sequences")
+        self.num_sequences, self.seed = num_sequences, seed
+        self._epoch, self._permutation = -1, torch.empty(0, dtype=torch.long)
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_sequences)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._permutation = epoch, torch.randperm(self.num_sequences, generator=generator)
+        return int(self._permutation[offset])
+
+
+def mask_generators(seed: int, positions: Sequence[int]) -> list[torch.Generator]:
+    """One generator per sequence, seeded by its global position, so masks do not depend on batch layout."""
+    return [torch.Generator().manual_seed((seed + 1) * 2_654_435_761 + position) for position in positions]
+
+
+@torch.no_grad()
+def mlm_metrics(
+    model: nn.Module,
+    sequences: Sequence[Tensor],
+    masker: Masker,
+    batch_size: int,
+    seed: int = 0,
+    max_sequences: int | None = None,
+) -> dict[str, float]:
+    """MLM loss and accuracy over masked tokens, with masks fixed by ``seed`` (the same at every evaluation)."""
+    model.eval()
+    device = next(model.parameters()).device
+    count = len(sequences) if max_sequences is None else min(max_sequences, len(sequences))
+    loss_sum, correct, masked = 0.0, 0, 0
+    for start in range(0, count, batch_size):
+        positions = list(range(start, min(count, start + batch_size)))
+        ids = torch.stack([sequences[p] for p in positions])
+        inputs, labels = masker(ids, mask_generators(seed + 7919, positions))
+        inputs, labels = inputs.to(device), labels.to(device)
+        selected = labels != -100
+        predictions = model(input_ids=inputs).logits[selected].float()
+        loss_sum += nn.functional.cross_entropy(predictions, labels[selected], reduction="sum").item()
+        correct += int((predictions.argmax(-1) == labels[selected]).sum())
+        masked += int(selected.sum())
+    masked = max(masked, 1)
+    return {"val_loss": loss_sum / masked, "val_accuracy": correct / masked, "val_masked_tokens": masked}
+
+
+@dataclass
+class StepStats:
+    loss: float
+    masked_tokens: int
+    sequences: int
+    tokens: int
+
+
+class Pretrainer:
+    """Runs, checkpoints and resumes one MLM pretraining run of ``model`` on packed token sequences."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_sequences: Sequence[Tensor],
+        masker: Masker,
+        config: PretrainConfig,
+        output_dir: str | Path,
+        context: DistributedContext | None = None,
+        validation_sequences: Sequence[Tensor] | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.context = context or DistributedContext()
+        self.model = model.to(self.context.device)
+        self.ddp_model = wrap_model(self.model, self.context)
+        self.train_sequences, self.validation_sequences = train_sequences, validation_sequences
+        self.masker, self.config = masker, config
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.run_config = run_config or {}
+        self.optimizer = build_adamw(model, config.lr, config.betas, config.eps, config.weight_decay)
+        self.schedule = TriangleSchedule(config.lr_start_factor, config.lr_peak_at)
+        # final_batch counts sequences per optimizer step over all processes
+        self.ramp = BatchRamp(config.micro_batch * self.context.world_size, config.final_batch, config.batch_ramp_until)
+        self.budget = config.budget
+        self.order = SequenceOrder(len(train_sequences), config.seed)
+        self.step, self.position, self.elapsed = 0, 0, 0.0
+        self._stop_requested = False
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def _checkpoint_config(self) -> dict[str, Any]:
+        return {"run": self.run_config, "world_size": self.context.world_size, "micro_batch": self.config.micro_batch}
+
+    def save(self) -> Path | None:
+        if not self.context.is_main:
+            return None
+        state = {"step": self.step, "position": self.position, "elapsed": self.elapsed}
+        return save_checkpoint(
+            self.checkpoint_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            state,
+            self._checkpoint_config(),
+            keep=self.config.keep_checkpoints,
+        )
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint in the output directory; False when there is none."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.model, self.optimizer, self._checkpoint_config())
+        self.step, self.position, self.elapsed = state["step"], state["position"], state["elapsed"]
+        return True
+
+    # --- one optimizer step --------------------------------------------------------------------------------
+    def _micro_batches(self, accumulation: int) -> Iterator[tuple[Tensor, Tensor]]:
+        micro, world, rank = self.config.micro_batch, self.context.world_size, self.context.rank
+        for _ in range(accumulation):
+            positions = list(range(self.position + rank * micro, self.position + (rank + 1) * micro))
+            ids = torch.stack([self.train_sequences[self.order.index(p)] for p in positions])
+            yield self.masker(ids, mask_generators(self.config.seed, positions))
+            self.position += micro * world
+
+    def train_step(self, progress: float) -> StepStats:
+        accumulation = self.ramp.accumulation_steps(progress)
+        lr = self.config.lr * self.schedule.factor(progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [
+            (inputs.to(self.context.device), labels.to(self.context.device))
+            for inputs, labels in self._micro_batches(accumulation)
+        ]
+        local_counts = torch.tensor([float((labels != -100).sum()) for _, labels in batches])
+        global_masked = all_reduce_sum(local_counts.sum().reshape(1).to(self.context.device), self.context)
+        global_masked = max(global_masked.item(), 1.0)
+        # DDP averages gradients over ranks; scaling by world size turns that average back into a global sum.
+        scale = self.context.world_size / global_masked
+        self.ddp_model.train()
+        loss_sum = torch.zeros((), device=self.context.device)
+        for index, ((inputs, labels), count) in enumerate(zip(batches, local_counts, strict=True)):
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
+            with sync, torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                loss = self.ddp_model(input_ids=inputs, labels=labels).loss
+                summed = loss.float() * count if count > 0 else loss.float() * 0.0
+            (summed * scale).backward()
+            loss_sum += summed.detach()
+        if self.config.clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        total = all_reduce_sum(loss_sum.reshape(1), self.context).item()
+        world = self.context.world_size
+        return StepStats(
+            loss=total / global_masked,
+            masked_tokens=int(global_masked),
+            sequences=sum(inputs.shape[0] for inputs, _ in batches) * world,
+            tokens=sum(inputs.numel() for inputs, _ in batches) * world,
+        )
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, max_sequences: int | None = None) -> dict[str, float]:
+        if not self.validation_sequences:
+            return {}
+        return mlm_metrics(
+            self.model,
+            self.validation_sequences,
+            self.masker,
+            self.config.micro_batch,
+            self.config.seed,
+            max_sequences,
+        )
+
+    # --- the run -------------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def request_stop(signum: int, _frame: object) -> None:
+            self._stop_requested = True
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.context.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict[str, Any]:
+        """Train until the budget is spent (or SIGINT/SIGTERM: checkpoint, then return); checkpoint at the end."""
+        previous_handlers = self._install_signal_handlers()
+        started = time.perf_counter() - self.elapsed
+        last_checkpoint = time.perf_counter()
+        total = self.config.max_steps if self.config.max_steps is not None else None
+        bar = tqdm(total=total, initial=self.step, disable=not self.context.is_main, unit="step", dynamic_ncols=True)
+        interrupted = False
+        try:
+            while True:
+                self.elapsed = time.perf_counter() - started
+                progress = self.budget.progress(self.step, self.elapsed)
+                if progress >= 1.0:
+                    break
+                step_started = time.perf_counter()
+                stats = self.train_step(progress)
+                self.elapsed = time.perf_counter() - started
+                record = {
+                    "step": self.step,
+                    "loss": stats.loss,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "batch_sequences": stats.sequences,
+                    "tokens_per_second": stats.tokens / max(1e-9, time.perf_counter() - step_started),
+                    "elapsed": self.elapsed,
+                    "progress": progress,
+                }
+                if self.config.eval_every_steps and self.step % self.config.eval_every_steps == 0:
+                    record |= self.evaluate()
+                if self.step % self.config.log_every_steps == 0 or "val_loss" in record:
+                    self._log(record)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{stats.loss:.3f}",
+                    tok_s=f"{record['tokens_per_second']:.0f}",
+                    eta=_eta(progress, self.elapsed),
+                )
+                if broadcast_flag(self._stop_requested, self.context):
+                    interrupted = True
+                    break
+                if time.perf_counter() - last_checkpoint >= self.config.checkpoint_every_minutes * 60:
+                    self.save()
+                    last_checkpoint = time.perf_counter()
+        finally:
+            bar.close()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+        checkpoint = self.save()
+        final = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "interrupted": interrupted,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+        }
+        if not interrupted:
+            final |= self.evaluate()
+        self._log({"final": final})
+        return final
+
+
+def _eta(progress: float, elapsed: float) -> str:
+    if progress <= 0:
+        return "?"
+    seconds = elapsed / progress * (1 - progress)
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
