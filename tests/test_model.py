@@ -201,6 +201,26 @@ def test_masked_lm_loss_counts_labelled_positions_only() -> None:
     torch.testing.assert_close(out.loss, F.cross_entropy(picked, torch.tensor([7, 11])))
 
 
+def test_sparse_prediction_gives_the_dense_loss_and_gradients() -> None:
+    model = tiny_model().train()
+    input_ids, mask = batch()
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 2], labels[1, 0], labels[2, 5] = 7, 3, 11
+    dense = model(input_ids, mask, labels=labels)
+    dense.loss.backward()
+    dense_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    sparse = model(input_ids, mask, labels=labels, sparse_prediction=True)
+    sparse.loss.backward()
+    assert sparse.logits.shape == (3, VOCAB)
+    torch.testing.assert_close(sparse.logits, dense.logits[[0, 1, 2], [2, 0, 5]])
+    torch.testing.assert_close(sparse.loss, dense.loss)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, dense_grads[name], msg=name)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(input_ids, mask, sparse_prediction=True)
+
+
 def one_training_step(model: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """One AdamW step; returns the loss before it, and checks every parameter got a gradient and moved."""
     input_ids, mask = batch()

@@ -335,11 +335,24 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool | None = None,
+        sparse_prediction: bool = False,
     ) -> MaskedLMOutput:
         """``logits`` ``(B, S, V)``; with ``labels`` ``(B, S)`` also the mean cross-entropy over the labelled
-        positions (label ``-100`` = not predicted)."""
+        positions (label ``-100`` = not predicted).
+
+        ``sparse_prediction=True`` (training; needs ``labels``) runs the decoder on the labelled positions only,
+        as the original's sparse prediction does: ``logits`` is then ``(M, V)`` for the ``M`` labelled positions
+        in row-major order, and the ``V x H`` decoder costs a quarter of the dense one at 25% masking.
+        """
         encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-        logits = self.decoder(encoded.last_hidden_state)  # (B, S, V)
+        hidden = encoded.last_hidden_state  # (B, S, H)
+        if sparse_prediction:
+            if labels is None:
+                raise ValueError("sparse_prediction needs labels: it predicts the labelled positions only")
+            selected = labels != -100
+            labels = labels[selected]  # (M,)
+            hidden = hidden[selected]  # (M, H)
+        logits = self.decoder(hidden)  # (B, S, V), or (M, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)

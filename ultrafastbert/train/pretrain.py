@@ -101,11 +101,11 @@ def mlm_metrics(
         ids = torch.stack([sequences[p] for p in positions])
         inputs, labels = masker(ids, mask_generators(seed + 7919, positions))
         inputs, labels = inputs.to(device), labels.to(device)
-        selected = labels != -100
-        predictions = model(input_ids=inputs).logits[selected].float()
-        loss_sum += nn.functional.cross_entropy(predictions, labels[selected], reduction="sum").item()
-        correct += int((predictions.argmax(-1) == labels[selected]).sum())
-        masked += int(selected.sum())
+        targets = labels[labels != -100]
+        predictions = model(input_ids=inputs, labels=labels, sparse_prediction=True).logits.float()
+        loss_sum += nn.functional.cross_entropy(predictions, targets, reduction="sum").item()
+        correct += int((predictions.argmax(-1) == targets).sum())
+        masked += targets.numel()
     masked = max(masked, 1)
     return {"val_loss": loss_sum / masked, "val_accuracy": correct / masked, "val_masked_tokens": masked}
 
@@ -205,7 +205,7 @@ class Pretrainer:
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
             with sync, torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-                loss = self.ddp_model(input_ids=inputs, labels=labels).loss
+                loss = self.ddp_model(input_ids=inputs, labels=labels, sparse_prediction=True).loss
                 summed = loss.float() * count if count > 0 else loss.float() * 0.0
             (summed * scale).backward()
             loss_sum += summed.detach()
