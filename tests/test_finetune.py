@@ -88,3 +88,13 @@ def test_regression_with_one_label_learns_a_score(pretrained):
     config = FinetuneConfig(lr=5e-3, epochs=8, batch_size=16, seeds=(0,), max_length=32)
     result = finetune_task(folder, task, tokenizer, config, show_progress=False)
     assert result.median["validation"]["pearson"] > 0.8
+
+
+def test_capped_subsets_are_uniform_not_the_head_of_a_sorted_file():
+    from ultrafastbert.train.finetune import capped
+
+    examples = [Example(f"text {i}", None, i // 100) for i in range(400)]  # sorted by label, like the task files
+    subset = capped(examples, 40)
+    assert len(subset) == 40 and subset == capped(examples, 40)
+    assert {example.label for example in subset} == {0, 1, 2, 3}
+    assert capped(examples, None) is examples and capped(examples, 1000) is examples

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
 from ..model.modeling import CrammedBertForSequenceClassification
@@ -77,9 +79,25 @@ def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConf
         "classifier_dropout": config.dropout,
     }
     labels = {"id2label": dict(enumerate(task.label_names))} if task.label_names else {}
-    return CrammedBertForSequenceClassification.from_pretrained(
-        model_dir, num_labels=task.num_labels, **labels, **dropout
-    )
+    # the pooler and head are new by design: silence transformers' report of them as missing (our own loader
+    # still raises on a checkpoint that lacks encoder weights or does not fit)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return CrammedBertForSequenceClassification.from_pretrained(
+            model_dir, num_labels=task.num_labels, **labels, **dropout
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def capped(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """At most ``limit`` examples, drawn uniformly with a fixed seed (task files are often sorted by label, so
+    the first ``limit`` would be a biased sample); the same subset for every finetuning seed."""
+    if not limit or len(examples) <= limit:
+        return examples
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[index] for index in chosen]
 
 
 @torch.no_grad()
@@ -100,7 +118,7 @@ def evaluate(
     """Every labelled evaluation split of ``task`` scored with the task's metrics."""
     results = {}
     for split, examples in task.evaluation_splits().items():
-        examples = examples[:max_examples] if max_examples else examples
+        examples = capped(examples, max_examples)
         logits = predict(model, examples, collator, batch_size)
         labels = torch.tensor([example.label for example in examples])
         results[split] = compute_metrics(task.metric_names, logits, labels)
@@ -114,7 +132,7 @@ def finetune_seed(
     torch.manual_seed(seed)
     model = _load_classifier(model_dir, task, config)
     collator = TaskCollator(tokenizer, config.max_length, task.is_regression)
-    train = task.train[: config.max_train_examples] if config.max_train_examples else task.train
+    train = capped(task.train, config.max_train_examples)
     if not train:
         raise ValueError(f"task {task.name!r} has no training examples")
     loader = DataLoader(
@@ -155,7 +173,7 @@ def finetune_task(
     """All seeds of ``config`` on ``task``; the result carries the median of every metric."""
     seeds = [finetune_seed(model_dir, task, tokenizer, config, seed, show_progress) for seed in config.seeds]
     sizes = {
-        split: len(examples[: config.max_eval_examples] if config.max_eval_examples else examples)
+        split: len(capped(examples, config.max_eval_examples))
         for split, examples in task.evaluation_splits().items()
     }
     return TaskResult(task.name, task.metric_names[0], seeds, eval_examples=sizes)
