@@ -239,6 +239,26 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run)
 
 
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="the main job: dense vs FFF model pretrained, finetuned and timed on the embedded real data",
+        description="Pretrains a small crammedBERT and a small UltraFastBERT with the same recipe and time, "
+        "finetunes both on the local tasks (several seeds), times layers and models, and writes a report.",
+    )
+    demo.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock budget of the whole job")
+    demo.add_argument("--output", default="results/demo")
+    demo.add_argument("--cache-dir")
+
+    def run(args: argparse.Namespace) -> int:
+        from .demo import DemoConfig, run_demo
+
+        run_demo(DemoConfig(budget_minutes=args.budget_minutes, output_dir=args.output, cache_dir=args.cache_dir))
+        return 0
+
+    demo.set_defaults(handler=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ultrafastbert",
@@ -252,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(subparsers)
     _add_finetune(subparsers)
     _add_evaluate(subparsers)
+    _add_demo(subparsers)
     return parser
 
 
