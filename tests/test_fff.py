@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ultrafastbert import FFF
-from ultrafastbert.fff import nodes_per_tree
+from ultrafastbert.fff import kernels, nodes_per_tree
 
 GRAD_PATHS = ["sparse"]
 NO_GRAD_PATHS = ["sparse", "walk"]
@@ -125,9 +125,14 @@ def test_nan_token_routes_left_and_stays_in_its_row(impl):
     assert local_nan_path.tolist() == [[0, 1, 3, 7]] * 2
 
 
-def test_auto_picks_sparse_with_grad_and_walk_without():
+def test_auto_picks_the_kernel_where_built_else_sparse_with_grad_and_walk_without(monkeypatch):
     layer = random_layer(8, 3, 1)
     x = random_input((2, 8))
+    if kernels.available():
+        assert layer.resolve_impl(x) == "kernel"
+        assert layer.to(torch.float64).resolve_impl(x.double()) == "sparse"  # no float64 kernel
+        layer = layer.float()
+    monkeypatch.setattr(kernels, "available", lambda: False)
     assert layer.resolve_impl(x) == "sparse"
     with torch.no_grad():
         assert layer.resolve_impl(x) == "walk"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..fff import FFF
+from ..fff import FFF, kernels
 from .timing import machine_info, time_callable
 
 
@@ -69,6 +69,7 @@ def build_candidates(config: LayerBenchConfig) -> list[Candidate]:
         Candidate("FFF reference (masking)", fff, "reference"),
         Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",)),
         Candidate("FFF walk (PyTorch)", fff, "walk", modes=("forward",)),
+        *([Candidate("FFF kernel (C++)", fff, "kernel")] if kernels.available() else []),
     ]
 
 

@@ -1,5 +1,6 @@
-"""The FFF layer: module, reference oracle and conditional execution paths."""
+"""The FFF layer: module, reference oracle, conditional execution paths and the compiled CPU kernel."""
 
+from . import kernels, ops
 from .layer import FFF, IMPLEMENTATIONS
 from .reference import fff_reference, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_backward, walk_forward
@@ -8,7 +9,9 @@ __all__ = [
     "FFF",
     "IMPLEMENTATIONS",
     "fff_reference",
+    "kernels",
     "nodes_per_tree",
+    "ops",
     "sparse_fff",
     "visited_nodes_reference",
     "walk_backward",

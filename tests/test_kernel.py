@@ -1,0 +1,308 @@
+"""The compiled CPU kernel (``torch.ops.ultrafastbert.*``): against the reference on a random shape space,
+forward and all four gradients, float32 and bfloat16; its operator registrations; and the clean fallback."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import warnings
+
+import pytest
+import torch
+from fff_helpers import TOLERANCE, random_input, random_layer, relative_error, run_with_grads
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from ultrafastbert import FFF
+from ultrafastbert.fff import kernels, nodes_per_tree, ops
+from ultrafastbert.fff.sparse import walk_backward, walk_forward
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="compiled kernel unavailable on this machine")
+
+
+def test_kernel_builds_wherever_there_is_a_compiler():
+    """`make test` must exercise the kernel, not silently fall back, on any machine with a C++ compiler."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the fallback is what this machine gets")
+    assert kernels.available(), kernels.failure()
+
+
+def paths_agree_or_tie(layer: FFF, x: torch.Tensor, path: torch.Tensor, ref_path: torch.Tensor) -> bool:
+    """True when the kernel took the reference's path; False (after checking it is a genuine near-tie, a logit
+    within float32 summation noise of 0) when a routing decision differs."""
+    if torch.equal(path, ref_path):
+        return True
+    flat = x.reshape(-1, layer.width).float()
+    weight, bias = layer.linear_in.weight.float(), layer.linear_in.bias.float()
+    logits = (flat @ weight.T + bias).detach()
+    scale = (flat.abs() @ weight.abs().T + bias.abs()).detach()
+    differs = (path != ref_path).reshape(-1, layer.trees, layer.depth + 1).any(dim=2)  # (N, K)
+    ref = ref_path.reshape(-1, layer.trees, layer.depth + 1)
+    for token, tree in differs.nonzero().tolist():
+        level = int((path.reshape(ref.shape)[token, tree] != ref[token, tree]).nonzero()[0]) - 1
+        node = int(ref[token, tree, level])
+        assert abs(logits[token, node]) <= 1e-5 * scale[token, node], "kernel routed a token the wrong way"
+    return False
+
+
+def assert_kernel_matches_reference(layer: FFF, x: torch.Tensor) -> None:
+    tol = TOLERANCE[x.dtype]
+    ref_out, ref_path, ref_grads = run_with_grads(layer, x, "reference")
+    out, path, grads = run_with_grads(layer, x, "kernel")
+    if not paths_agree_or_tie(layer, x, path, ref_path):
+        assume(False)
+        return
+    assert out.shape == ref_out.shape and out.dtype == ref_out.dtype
+    assert relative_error(out, ref_out) <= tol
+    for name, grad, ref_grad in zip(("x", "w_in", "b_in", "w_out"), grads, ref_grads, strict=True):
+        assert grad.shape == ref_grad.shape and grad.dtype == ref_grad.dtype, name
+        assert relative_error(grad, ref_grad) <= tol, (name, relative_error(grad, ref_grad))
+    with torch.no_grad():
+        layer.impl = "kernel"
+        inference = layer(x)
+        inference_with_path, inference_path = layer(x, return_path=True)
+    assert torch.equal(inference, out) and torch.equal(inference_with_path, out)
+    assert torch.equal(inference_path, path)
+
+
+@st.composite
+def kernel_shapes(draw):
+    depth = draw(st.integers(0, 11))
+    trees = draw(st.integers(1, 4))
+    width = draw(st.one_of(st.integers(1, 70), st.sampled_from([127, 255, 768, 1024])))
+    while trees * nodes_per_tree(depth) * width > 1_500_000:  # keeps one example well under a second
+        depth -= 1
+    lead = tuple(draw(st.lists(st.integers(0, 9), min_size=1, max_size=3)))
+    return depth, trees, width, lead
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(shape=kernel_shapes(), seed=st.integers(0, 2**16))
+def test_kernel_matches_reference_float32(shape, seed):
+    depth, trees, width, lead = shape
+    layer = random_layer(width, depth, trees, seed=seed)
+    assert_kernel_matches_reference(layer, random_input((*lead, width), seed=seed + 1))
+
+
+@needs_kernel
+@settings(max_examples=20, deadline=None)
+@given(shape=kernel_shapes(), seed=st.integers(0, 2**16))
+def test_kernel_matches_reference_bfloat16(shape, seed):
+    depth, trees, width, lead = shape
+    layer = random_layer(width, depth, trees, dtype=torch.bfloat16, seed=seed)
+    assert_kernel_matches_reference(layer, random_input((*lead, width), dtype=torch.bfloat16, seed=seed + 1))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "depth,trees,width,lead,dtype",
+    [
+        (11, 1, 768, (1,), torch.float32),  # the published layer, one token
+        (11, 1, 768, (2, 65), torch.float32),  # the published layer, a batch over several tiles
+        (0, 3, 1, (5,), torch.float32),  # width 1, depth 0
+        (15, 1, 8, (9,), torch.float32),  # deepest supported: 65535 nodes
+        (13, 2, 5, (3, 3), torch.bfloat16),
+        (4, 4, 1023, (0,), torch.float32),  # an empty batch
+        (6, 2, 17, (7, 0, 3), torch.bfloat16),
+    ],
+)
+def test_kernel_named_cases(depth, trees, width, lead, dtype):
+    layer = random_layer(width, depth, trees, dtype=dtype, seed=depth + trees + width)
+    assert_kernel_matches_reference(layer, random_input((*lead, width), dtype=dtype))
+
+
+def assert_ops_match_walk(x, weight_in, bias_in, weight_out_t, depth, trees, tol):
+    """The three ops against the pure-PyTorch contract ``walk_forward`` / ``walk_backward``."""
+    expected, expected_nodes, expected_logits = walk_forward(x, weight_in, bias_in, weight_out_t, depth, trees)
+    out, nodes, logits = ops.fff_forward(x, weight_in, bias_in, weight_out_t, depth, trees)
+    assert torch.equal(nodes, expected_nodes)
+    assert relative_error(logits, expected_logits) <= 1e-5
+    assert relative_error(out, expected) <= tol
+    assert torch.equal(ops.fff_infer(x, weight_in, bias_in, weight_out_t, depth, trees), out)
+    grad_out = random_input(tuple(x.shape), dtype=x.dtype, seed=7)
+    expected_grads = walk_backward(grad_out, x, weight_in, weight_out_t, expected_nodes, expected_logits)
+    grads = ops.fff_backward(grad_out, x, weight_in, weight_out_t, nodes, logits)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert grad.dtype == expected_grad.dtype and grad.shape == expected_grad.shape
+        assert relative_error(grad, expected_grad) <= tol
+
+
+def random_weights(width, depth, trees, dtype, seed=0):
+    layer = random_layer(width, depth, trees, dtype=dtype, seed=seed)
+    return layer.linear_in.weight.detach(), layer.linear_in.bias.detach(), layer._weight_out_t()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "tokens,width,depth,trees",
+    [
+        (4099, 16, 13, 1),  # large batch: tokens bucketed by subtree, two level segments
+        (2600, 1024, 12, 1),  # wide rows: three level segments
+        (3001, 33, 9, 3),  # large batch, several trees, odd width
+    ],
+)
+def test_large_batches_take_the_bucketed_walk_and_agree(tokens, width, depth, trees, dtype):
+    weight_in, bias_in, weight_out_t = random_weights(width, depth, trees, dtype, seed=tokens)
+    x = random_input((tokens, width), dtype=dtype, seed=tokens + 1)
+    assert_ops_match_walk(x, weight_in, bias_in, weight_out_t, depth, trees, TOLERANCE[dtype])
+
+
+@needs_kernel
+def test_a_token_gets_the_same_bits_alone_as_in_any_batch():
+    """Every dot product and output row is summed in one fixed order, whatever the batch or thread count."""
+    weight_in, bias_in, weight_out_t = random_weights(768, 11, 1, torch.float32)
+    x = random_input((4096, 768))
+    batch = ops.fff_infer(x, weight_in, bias_in, weight_out_t, 11, 1)
+    for token in (0, 1234, 4095):
+        alone = ops.fff_infer(x[token : token + 1], weight_in, bias_in, weight_out_t, 11, 1)
+        assert torch.equal(alone[0], batch[token])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single_thread = ops.fff_infer(x, weight_in, bias_in, weight_out_t, 11, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single_thread, batch)
+
+
+@needs_kernel
+def test_outputs_are_not_overwritten_by_later_calls():
+    """Large outputs come from a buffer pool; a buffer is reused only once its tensor is gone."""
+    weight_in, bias_in, weight_out_t = random_weights(256, 6, 1, torch.float32)
+    first_x, second_x = random_input((2048, 256), seed=1), random_input((2048, 256), seed=2)
+    first = ops.fff_infer(first_x, weight_in, bias_in, weight_out_t, 6, 1)
+    kept = first.clone()
+    second = ops.fff_infer(second_x, weight_in, bias_in, weight_out_t, 6, 1)
+    assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+    del first
+    third = ops.fff_infer(first_x, weight_in, bias_in, weight_out_t, 6, 1)
+    assert torch.equal(third, kept)
+
+
+@needs_kernel
+def test_ops_accept_non_contiguous_inputs():
+    weight_in, bias_in, weight_out_t = random_weights(24, 4, 2, torch.float32)
+    x = random_input((24, 10)).T  # (10, 24), not contiguous
+    out = ops.fff_infer(x, weight_in, bias_in, weight_out_t.T.contiguous().T, 4, 2)
+    expected, _, _ = walk_forward(x.contiguous(), weight_in, bias_in, weight_out_t, 4, 2)
+    assert relative_error(out, expected) <= 1e-6
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_operator_registrations(dtype):
+    """Schemas, fake (meta) implementations, autograd registration and AOT dispatch, checked by PyTorch."""
+    weight_in, bias_in, weight_out_t = random_weights(20, 3, 2, dtype)
+    x = random_input((6, 20), dtype=dtype)
+    torch.library.opcheck(ops.fff_infer, (x, weight_in, bias_in, weight_out_t, 3, 2))
+    train_args = tuple(t.clone().requires_grad_(True) for t in (x, weight_in, bias_in, weight_out_t))
+    torch.library.opcheck(ops.fff_forward, (*train_args, 3, 2))
+    _, nodes, logits = ops.fff_forward(x, weight_in, bias_in, weight_out_t, 3, 2)
+    grad_out = random_input((6, 20), dtype=dtype)
+    torch.library.opcheck(ops.fff_backward, (grad_out, x, weight_in, weight_out_t, nodes, logits))
+
+
+@needs_kernel
+def test_kernel_errors_are_clear():
+    weight_in, bias_in, weight_out_t = random_weights(8, 2, 1, torch.float32)
+    with pytest.raises(RuntimeError, match="weight_in must be"):
+        ops.fff_infer(random_input((3, 8)), weight_in, bias_in, weight_out_t, 3, 1)
+    with pytest.raises(RuntimeError, match="float32 and bfloat16"):
+        ops.fff_infer(random_input((3, 8)).double(), weight_in.double(), bias_in.double(), weight_out_t.double(), 2, 1)
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        ops.fff_infer(random_input((3, 8)), weight_in.bfloat16(), bias_in, weight_out_t, 2, 1)
+    _, nodes, logits = ops.fff_forward(random_input((3, 8)), weight_in, bias_in, weight_out_t, 2, 1)
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.fff_backward(random_input((3, 8)), random_input((3, 8)), weight_in, weight_out_t, nodes + 100, logits)
+
+
+@needs_kernel
+def test_zero_logit_goes_left_and_nan_stays_in_its_row():
+    layer = random_layer(8, 3, 2, seed=3)
+    with torch.no_grad():
+        layer.linear_in.weight[0].zero_()  # tree 0 root: logit exactly 0
+        layer.linear_in.bias[0] = 0.0
+    x = random_input((4, 8))
+    x[2, 5] = math.nan
+    with torch.no_grad():
+        layer.impl = "reference"
+        expected, expected_path = layer(x, return_path=True)
+        layer.impl = "kernel"
+        out, path = layer(x, return_path=True)
+    assert torch.equal(path, expected_path)
+    assert (path[:, 0, 1] == 1).all()
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[[0, 1, 3]]).all()
+    assert relative_error(out[[0, 1, 3]], expected[[0, 1, 3]]) <= 1e-5
+
+
+@needs_kernel
+def test_auto_uses_the_kernel_and_inference_saves_nothing(monkeypatch):
+    """``auto`` picks the kernel on CPU for float32 and bfloat16; without grad it calls the inference op with
+    the cached ``linear_out.weight.T``; with grad, the differentiable forward."""
+    layer = random_layer(16, 4, 2)
+    x = random_input((3, 16))
+    assert layer.resolve_impl(x) == "kernel"
+    assert layer.to(torch.bfloat16).resolve_impl(x.bfloat16()) == "kernel"
+    layer.float()
+    assert layer.double().resolve_impl(x.double()) == "sparse"
+    layer.float()
+    calls = []
+    infer, forward = ops.fff_infer, ops.fff_forward
+    monkeypatch.setattr(ops, "fff_infer", lambda *args: calls.append(("infer", args[3])) or infer(*args))
+    monkeypatch.setattr(ops, "fff_forward", lambda *args: calls.append(("forward", args[3])) or forward(*args))
+    with torch.no_grad():
+        layer(x)
+        layer(x.reshape(3, 1, 16))
+    assert [name for name, _ in calls] == ["infer", "infer"]
+    assert calls[0][1] is layer._weight_out_t() and calls[1][1] is layer._weight_out_t()
+    calls.clear()
+    layer(x).sum().backward()
+    assert [name for name, _ in calls] == ["forward"] and layer.linear_out.weight.grad is not None
+
+
+@needs_kernel
+def test_torch_compile_traces_through_the_kernel():
+    layer = random_layer(32, 5, 2)
+    layer.impl = "kernel"
+    x = random_input((7, 32))
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    started = time.perf_counter()
+    out = compiled(x)
+    out.sum().backward()
+    assert time.perf_counter() - started < 60
+    layer.zero_grad()
+    expected = layer(x)
+    assert torch.equal(out, expected)
+
+
+def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch):
+    """Where the kernel cannot be built: one warning, and ``auto`` takes the pure-PyTorch paths."""
+    monkeypatch.setattr(kernels, "_available", None)
+    monkeypatch.setattr(kernels, "_failure", None)
+
+    def fail_to_build():
+        raise OSError("no C++ compiler found")
+
+    monkeypatch.setattr(kernels, "_build", fail_to_build)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not kernels.available()
+        assert not kernels.available()
+    assert len(caught) == 1 and "no C++ compiler found" in str(caught[0].message)
+    assert kernels.failure() == "OSError: no C++ compiler found"
+    assert "pure-PyTorch" in str(caught[0].message)
+    layer = random_layer(16, 4, 2)
+    x = random_input((5, 16))
+    assert layer.resolve_impl(x) == "sparse"
+    with torch.no_grad():
+        assert layer.resolve_impl(x) == "walk"
+        layer.impl = "reference"
+        expected = layer(x)
+        layer.impl = "auto"
+        assert relative_error(layer(x), expected) <= 1e-5
+    layer.impl = "kernel"
+    with pytest.raises(RuntimeError, match="impl='kernel' needs"):
+        layer(x)

@@ -1,0 +1,102 @@
+"""Build and load the compiled CPU kernel (``csrc/fff_cpu.cpp``) on the machine it runs on.
+
+The extension is compiled just in time by ``torch.utils.cpp_extension.load`` with ``-O3 -march=native
+-fopenmp`` into a cache directory (``$ULTRAFASTBERT_CACHE`` or ``~/.cache/ultrafastbert``) keyed by the torch
+version, the Python version and the CPU's instruction set, so a shared home directory never hands one machine
+another's binary. The first use compiles (about 20 s on 2 cores); later processes load the cached library in
+milliseconds.
+
+Where it cannot be built (no compiler, no ninja, another platform) ``available()`` is ``False``, a one-line
+warning is issued once, and the layer falls back to the pure-PyTorch paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import ops  # noqa: F401  (defines the operator schemas the library implements)
+
+SOURCE = Path(__file__).parent / "csrc" / "fff_cpu.cpp"
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+
+_lock = threading.Lock()
+_available: bool | None = None  # None: not tried yet
+_failure: str | None = None
+
+
+def cache_dir() -> Path:
+    """Root of the build cache: ``$ULTRAFASTBERT_CACHE`` or ``~/.cache/ultrafastbert``."""
+    return Path(os.environ.get("ULTRAFASTBERT_CACHE") or Path.home() / ".cache" / "ultrafastbert")
+
+
+def _machine_key() -> str:
+    """Short hash of what the binary depends on: torch, Python, and the CPU's instruction-set flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    key = "|".join([torch.__version__, sys.version.split()[0], platform.machine(), flags])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def build_directory() -> Path:
+    """Where the extension for this machine, Python and torch is compiled and cached."""
+    return cache_dir() / f"fff_cpu-{_machine_key()}"
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name="ultrafastbert_fff_cpu",
+        sources=[str(SOURCE)],
+        extra_cflags=CFLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        is_python_module=False,  # the library registers its kernels with torch.library when loaded
+        verbose=bool(os.environ.get("ULTRAFASTBERT_VERBOSE_BUILD")),
+    )
+
+
+def _reason(error: Exception) -> str:
+    """One line saying why: the compiler's first error if there is one, else the exception's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first_error = next((line for line in lines if "error:" in line), None)
+    return f"{type(error).__name__}: {first_error or (lines[-1] if lines else 'no message')}"
+
+
+def available() -> bool:
+    """Whether the compiled kernel is loaded, building it on the first call; warns once if it cannot be."""
+    global _available, _failure
+    if _available is None:
+        with _lock:
+            if _available is None:
+                try:
+                    _build()
+                    _available = True
+                except Exception as error:  # any build or load failure means: use the PyTorch fallback
+                    _failure = _reason(error)
+                    _available = False
+                    warnings.warn(
+                        f"ultrafastbert: compiled FFF CPU kernel unavailable ({_failure}); using the pure-PyTorch path",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+    return _available
+
+
+def failure() -> str | None:
+    """Why the kernel could not be built or loaded; None when it was, or has not been tried yet."""
+    return _failure
