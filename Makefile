@@ -19,13 +19,14 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(VENV)/bin/ultrafastbert bench layer --tokens 1 128 16384 --output benchmarks/results/demo
+	$(VENV)/bin/ultrafastbert demo --budget-minutes 10 --output results/demo
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(PY) benchmarks/layer.py
+	$(PY) benchmarks/layer.py --tokens 1 16 128 1024 16384 --threads 2
+	$(PY) benchmarks/model.py --threads 2 --batches 1 8
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
