@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_LIB = torch.library.Library("ultrafastbert", "DEF")  # noqa: TOR901 (schemas here, CPU impls in C++)
+_LIB = torch.library.Library("ultrafastbert", "DEF")  # schemas here; CPU implementations in csrc/fff_cpu.cpp
 _TAGS = (torch.Tag.pt2_compliant_tag,)
 _LIB.define(
     "fff_infer(Tensor x, Tensor weight_in, Tensor bias_in, Tensor weight_out_t, int depth, int trees) -> Tensor",

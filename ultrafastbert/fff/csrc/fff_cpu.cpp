@@ -415,8 +415,9 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
 // A group of tokens walks a tree depth first: at a node, the dot products of all the group's tokens there
 // share each load of the node's row; the tokens are then partitioned in place into the two children and each
 // child is walked in turn. Once a node holds a handful of tokens their input rows stay in L1 for every level
-// below. At the end the tokens are sorted by leaf, and tokens on one leaf share every row of their path, so
-// the output rows are combined as a small matrix product: each weight chunk loaded once for all of them.
+// below; a token alone on its node walks on beside three others in the same position, so that their row
+// fetches overlap. At the end the tokens are sorted by leaf, and tokens on one leaf share every row of their
+// path, so the output rows are combined as a small matrix product: each weight chunk loaded once for all.
 //
 // Large batches split the levels into segments whose subtree rows fit in L2: every token walks the top
 // segment, then the tokens are bucketed by the subtree they entered, and each subtree is walked by all of its
@@ -454,7 +455,7 @@ struct Walk {
   std::vector<std::array<int64_t, 3>>& solos;  // (slot, node, level) of tokens alone on their node
 };
 
-// Records token t's logit on node `global` at `level` and returns its child (local index).
+// Records token t's logit on local node `node` (at `level`) of tree k and returns the child it goes to.
 template <typename T>
 inline int64_t route(const Walk<T>& w, int64_t t, int64_t node, int64_t level, float logit) {
   const Shape& s = w.f.s;
