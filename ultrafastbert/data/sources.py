@@ -6,10 +6,11 @@ archive into our cache. Nothing is fetched at training time: once a package is u
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from ..cache import cache_root
 
 # the four packages of the default corpus (../shared/DATA.md) and where each keeps its text
 DEFAULT_PACKAGES = ("dict-gcide", "wordnet-base", "dict-foldoc", "fortunes")
@@ -22,11 +23,6 @@ _NO_DEBIAN_HINT = (
 
 class PackageFetchError(RuntimeError):
     """A Debian package could not be downloaded or unpacked."""
-
-
-def cache_root() -> Path:
-    """The project's cache folder: ``$ULTRAFASTBERT_CACHE`` or ``~/.cache/ultrafastbert``."""
-    return Path(os.environ.get("ULTRAFASTBERT_CACHE") or Path.home() / ".cache" / "ultrafastbert")
 
 
 def package_dir(package: str, cache_dir: Path | str | None = None) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_root
 from . import ops  # noqa: F401  (defines the operator schemas the library implements)
 
 SOURCE = Path(__file__).parent / "csrc" / "fff_cpu.cpp"
@@ -30,11 +31,6 @@ CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 _lock = threading.Lock()
 _available: bool | None = None  # None: not tried yet
 _failure: str | None = None
-
-
-def cache_dir() -> Path:
-    """Root of the build cache: ``$ULTRAFASTBERT_CACHE`` or ``~/.cache/ultrafastbert``."""
-    return Path(os.environ.get("ULTRAFASTBERT_CACHE") or Path.home() / ".cache" / "ultrafastbert")
 
 
 def _machine_key() -> str:
@@ -51,7 +47,7 @@ def _machine_key() -> str:
 
 def build_directory() -> Path:
     """Where the extension for this machine, Python and torch is compiled and cached."""
-    return cache_dir() / f"fff_cpu-{_machine_key()}"
+    return cache_root() / f"fff_cpu-{_machine_key()}"
 
 
 def _build() -> None:
