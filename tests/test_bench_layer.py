@@ -36,3 +36,16 @@ def test_benchmark_refuses_an_implementation_that_disagrees_with_the_reference()
     candidates.append(Candidate("broken", wrong, "wrong"))
     with pytest.raises(AssertionError, match="broken differs from the reference"):
         check_against_reference(candidates, torch.randn(4, 8))
+
+
+def test_shape_benchmark_times_every_trees_by_depth_shape(tmp_path):
+    from ultrafastbert.bench.layer import run_shape_benchmark
+
+    report = run_shape_benchmark(((1, 3), (2, 2), (4, 1)), width=16, tokens=64, output=tmp_path / "shapes")
+    saved = json.loads((tmp_path / "shapes.json").read_text())
+    assert [(r["trees"], r["depth"], r["neurons_per_token"]) for r in saved["results"]] == [
+        (1, 3, 4),
+        (2, 2, 6),
+        (4, 1, 8),
+    ]
+    assert all(r["us_per_token"] > 0 for r in report["results"])

@@ -42,6 +42,22 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
 
     layer.set_defaults(handler=run)
 
+    shapes = which.add_parser("shapes", help="FFF trees vs depth at (nearly) equal total neurons: time per token")
+    shapes.add_argument("--shapes", nargs="+", default=["1x11", "2x10", "4x9", "8x8", "16x7"], help="KxD")
+    shapes.add_argument("--width", type=int, default=768)
+    shapes.add_argument("--tokens", type=int, default=4096)
+    shapes.add_argument("--threads", type=int, default=None)
+    shapes.add_argument("--output", default="benchmarks/results/layer_shapes", help="path prefix for .json")
+
+    def run_shapes(args: argparse.Namespace) -> int:
+        from .bench.layer import run_shape_benchmark
+
+        parsed = tuple(tuple(int(part) for part in shape.split("x")) for shape in args.shapes)
+        run_shape_benchmark(parsed, args.width, args.tokens, args.threads, args.output)
+        return 0
+
+    shapes.set_defaults(handler=run_shapes)
+
     from .bench import model as model_bench
 
     model = which.add_parser("model", help="whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT")

@@ -243,3 +243,48 @@ def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_shape_benchmark(
+    shapes: tuple[tuple[int, int], ...] = ((1, 11), (2, 10), (4, 9), (8, 8), (16, 7)),
+    width: int = 768,
+    tokens: int = 4096,
+    threads: int | None = None,
+    output: str | Path | None = None,
+) -> dict:
+    """Trees vs depth at (nearly) equal total neurons (1x11, 2x10, ... all hold ~4095): forward ms per token of the
+    default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(tokens, width)
+    rows = []
+    for trees, depth in shapes:
+        layer = FFF(width, depth, trees)
+        candidates = [Candidate("reference", layer, "reference"), Candidate("default", layer, "auto")]
+        check_against_reference(candidates, x)
+        measurement = measure_forward(candidates[1], x, None)
+        rows.append(
+            {
+                "trees": trees,
+                "depth": depth,
+                "neurons": layer.linear_in.out_features,
+                "neurons_per_token": layer.neurons_per_token,
+                "path": layer.resolve_impl(x),
+                "median_ms": measurement.median_ms,
+                "us_per_token": measurement.median_ms * 1e3 / tokens,
+            }
+        )
+    report = {"benchmark": "layer-shapes", "machine": machine_info(), "width": width, "tokens": tokens, "results": rows}
+    lines = ["| trees x depth | neurons | used per token | path | ms | us per token |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['trees']}x{row['depth']} | {row['neurons']} | {row['neurons_per_token']} | {row['path']} | "
+            f"{row['median_ms']:.3f} | {row['us_per_token']:.4f} |"
+        )
+    print("\n".join(lines))
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
