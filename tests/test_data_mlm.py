@@ -140,3 +140,18 @@ def test_collator_in_a_dataloader(tokenizer):
     batches = list(DataLoader(sequences, batch_size=4, collate_fn=MLMCollator(tokenizer)))
     assert [batch["input_ids"].shape for batch in batches] == [(4, 64), (4, 64), (2, 64)]
     assert all(int((batch["labels"] != IGNORE_INDEX).sum(1)[0]) == 16 for batch in batches)
+
+
+def test_mask_rows_gives_each_row_its_own_mask_whatever_the_batch(tokenizer):
+    collator = MLMCollator(tokenizer)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(len(tokenizer.all_special_ids), len(tokenizer), (6, 40), generator=generator)
+
+    def seeded(seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    inputs, labels = collator.mask_rows(ids, seeded(range(6)))
+    alone_inputs, alone_labels = collator.mask_rows(ids[4:5], seeded([4]))
+    assert torch.equal(alone_inputs, inputs[4:5]) and torch.equal(alone_labels, labels[4:5])
+    assert ((labels != -100).sum(1) == 10).all()  # round(25% of 40) per row
+    assert not torch.equal(labels[0] != -100, labels[1] != -100)  # different seeds, different positions

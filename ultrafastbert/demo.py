@@ -28,7 +28,6 @@ from .data.sources import cache_root
 from .fff import kernels
 from .model.modeling import CrammedBertForMaskedLM
 from .train.finetune import FinetuneConfig, TaskResult, capped, finetune_task
-from .train.jobs import sequence_masker
 from .train.presets import preset_config
 from .train.pretrain import PretrainConfig, Pretrainer
 
@@ -170,7 +169,7 @@ def run_demo(config: DemoConfig, data: DefaultData | None = None) -> dict[str, A
     pretrain_data = {
         "train": packed_dataset(data.corpus, tokenizer, "train", config.seq_len, cache),
         "validation": packed_dataset(data.corpus, tokenizer, "validation", config.seq_len, cache),
-        "masker": sequence_masker(MLMCollator(tokenizer, seed=config.seed)),
+        "masker": MLMCollator(tokenizer, seed=config.seed).mask_rows,
         "tokenizer": tokenizer,
     }
     kernels.available()  # build the FFF kernel now, so that its first-use compile is not charged to pretraining

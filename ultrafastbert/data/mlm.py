@@ -222,6 +222,28 @@ class MLMCollator:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_generator": None, "_worker_id": None}  # workers start their own stream
 
+    def mask_rows(
+        self, input_ids: torch.Tensor, generators: Sequence[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask each row of ``input_ids`` ``(B, S)`` with its own generator; returns (inputs, labels).
+
+        The training loop seeds one generator per sequence from its global position, so a sequence's mask does
+        not depend on the batch or process it lands in (exact resume, torchrun equal to one process).
+        """
+        special = torch.isin(input_ids, self.special_ids)
+        rows = [
+            mask_tokens(
+                input_ids[i : i + 1],
+                special[i : i + 1],
+                self.mask_token_id,
+                self.replacement_ids,
+                self.config,
+                generator,
+            )
+            for i, generator in enumerate(generators)
+        ]
+        return torch.cat([inputs for inputs, _ in rows]), torch.cat([labels for _, labels in rows])
+
     def __call__(self, sequences: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         input_ids = torch.stack(list(sequences)).long()
         special_mask = torch.isin(input_ids, self.special_ids)

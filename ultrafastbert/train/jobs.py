@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..data import (
     MLMCollator,
     corpus_from_paths,
     load_glue_task,
     load_tokenizer,
-    mask_tokens,
     packed_dataset,
     prepare_default_data,
     tokenizer_for_corpus,
@@ -33,30 +31,9 @@ from ..model.modeling import CrammedBertForMaskedLM
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
 from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
 from .presets import preset_config
-from .pretrain import Masker, PretrainConfig, Pretrainer, mlm_metrics
+from .pretrain import PretrainConfig, Pretrainer, mlm_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def sequence_masker(collator: MLMCollator) -> Masker:
-    """The MLM collator's masking applied row by row, each row with its own generator (see ``pretrain.py``)."""
-
-    def mask(ids: Tensor, generators: list[torch.Generator]) -> tuple[Tensor, Tensor]:
-        special = torch.isin(ids, collator.special_ids)
-        rows = [
-            mask_tokens(
-                ids[i : i + 1],
-                special[i : i + 1],
-                collator.mask_token_id,
-                collator.replacement_ids,
-                collator.config,
-                generator,
-            )
-            for i, generator in enumerate(generators)
-        ]
-        return torch.cat([inputs for inputs, _ in rows]), torch.cat([labels for _, labels in rows])
-
-    return mask
 
 
 @dataclass
@@ -115,7 +92,7 @@ def pretrain_job(job: PretrainJob, context: DistributedContext | None = None) ->
         trainer = Pretrainer(
             model,
             train_data,
-            sequence_masker(MLMCollator(tokenizer, seed=job.train.seed)),
+            MLMCollator(tokenizer, seed=job.train.seed).mask_rows,
             job.train,
             job.output_dir,
             context,
@@ -181,4 +158,4 @@ def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, ma
     tokenizer = load_tokenizer(model_dir)
     model = CrammedBertForMaskedLM.from_pretrained(model_dir)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
-    return mlm_metrics(model, validation, sequence_masker(MLMCollator(tokenizer)), 32, max_sequences=max_sequences)
+    return mlm_metrics(model, validation, MLMCollator(tokenizer).mask_rows, 32, max_sequences=max_sequences)
