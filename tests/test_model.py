@@ -177,6 +177,25 @@ def test_sdpa_attention_matches_eager() -> None:
         torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
 
 
+def test_all_ones_mask_is_dropped_and_padding_is_still_masked() -> None:
+    """An all-ones mask takes the unmasked kernels and gives the unmasked output; a real mask still hides padding."""
+    model = tiny_model(CrammedBertModel).eval()
+    input_ids, mask = batch()
+    ones = torch.ones_like(mask)
+    assert model._attention_bias(ones, input_ids.shape) is None
+    assert model._attention_bias(mask, input_ids.shape) is not None
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids, ones).last_hidden_state, model(input_ids).last_hidden_state, rtol=0, atol=0
+        )
+        padded = model(input_ids, mask).last_hidden_state
+        changed_padding = input_ids.clone()
+        changed_padding[1, -3:] = (changed_padding[1, -3:] + 1) % VOCAB
+        repadded = model(changed_padding, mask).last_hidden_state
+    torch.testing.assert_close(repadded[1, :-3], padded[1, :-3], rtol=0, atol=1e-6)
+    assert not torch.allclose(repadded[1, -3:], padded[1, -3:])
+
+
 def test_hidden_states_on_request() -> None:
     model = tiny_model().eval()
     input_ids, mask = batch()

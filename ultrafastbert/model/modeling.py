@@ -296,7 +296,9 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
 
     @staticmethod
     def _attention_bias(attention_mask: Tensor | None, shape: torch.Size) -> Tensor | None:
-        """0/1 mask -> additive bias ``(1 - mask) * -10000`` broadcastable to ``(B, heads, S, S)``."""
+        """0/1 mask -> additive bias ``(1 - mask) * -10000`` broadcastable to ``(B, heads, S, S)``; ``None`` for
+        an all-ones mask, whose bias is zero: attention without a mask is the same function and takes the faster
+        kernels (as ``transformers`` does for SDPA)."""
         if attention_mask is None:
             return None
         batch, seq_len = shape
@@ -309,6 +311,8 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
                 f"attention_mask must have shape {(batch, seq_len)} or {(batch, seq_len, seq_len)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
+        if not torch.compiler.is_compiling() and bool(mask.all()):
+            return None
         return (1.0 - mask.float()) * MASKED_SCORE
 
 
