@@ -9,17 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ultrafastbert.train.checkpointing import CheckpointError, latest_checkpoint
-from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer
+from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer, mask_generators, mlm_metrics
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from pretrain_tiny import mask_quarter, synthetic_sequences, tiny_model  # noqa: E402
+from pretrain_tiny import SEQ_LEN, VOCAB, mask_quarter, synthetic_sequences, tiny_model  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -66,6 +67,45 @@ def test_tiny_pretraining_lowers_validation_loss(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000200"
     records = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 201
+
+
+@pytest.mark.parametrize("train_scale", [False, True])
+def test_position_scale_is_fixed_unless_asked(tmp_path, train_scale):
+    config = PretrainConfig(micro_batch=8, final_batch=8, max_steps=3, lr=3e-2, train_position_scale=train_scale)
+    model = tiny_model()
+    scale = model.encoder.embedding.pos_embedding.scale_factor
+    initial, embedding = scale.detach().clone(), model.encoder.embedding.word_embedding.weight.detach().clone()
+    Pretrainer(model, synthetic_sequences(32, seed=1), mask_quarter, config, tmp_path).run()
+    assert torch.equal(scale, initial) != train_scale
+    assert not torch.equal(model.encoder.embedding.word_embedding.weight, embedding)  # the rest trains either way
+
+
+class InputCopier(torch.nn.Module):
+    """Predicts every labelled token to be its input token: right exactly where the input was left unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, labels, sparse_prediction):
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(input_ids[labels != -100], VOCAB).float())
+
+
+def test_replaced_accuracy_leaves_out_the_copyable_tokens():
+    def mask_but_keep_even_positions(ids, generators):
+        inputs, labels = mask_quarter(ids, generators)
+        keep = (labels != -100) & (torch.arange(SEQ_LEN) % 2 == 0)
+        inputs[keep] = labels[keep]
+        return inputs, labels
+
+    sequences = synthetic_sequences(24, seed=3)
+    metrics = mlm_metrics(InputCopier(), sequences, mask_but_keep_even_positions, 8)
+    inputs, labels = mask_but_keep_even_positions(torch.stack(sequences), mask_generators(7919, range(24)))
+    labelled = labels != -100
+    unchanged = int((inputs[labelled] == labels[labelled]).sum()) / int(labelled.sum())
+    assert 0.2 < unchanged < 0.8
+    assert metrics["val_accuracy"] == pytest.approx(unchanged)
+    assert metrics["val_accuracy_replaced"] == 0.0
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):

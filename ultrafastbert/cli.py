@@ -149,6 +149,11 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--lr", type=float, default=1e-3)
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    pretrain.add_argument(
+        "--train-position-scale",
+        action="store_true",
+        help="also train the position embeddings' scalar (fixed by default: it collapses to 0 in short runs)",
+    )
     pretrain.add_argument("--checkpoint-every-minutes", type=float, default=10.0)
     pretrain.add_argument("--eval-every-steps", type=int, default=0)
     pretrain.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
@@ -169,6 +174,7 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
             lr=args.lr,
             seed=args.seed,
             bf16=args.bf16,
+            train_position_scale=args.train_position_scale,
             checkpoint_every_minutes=args.checkpoint_every_minutes,
             eval_every_steps=args.eval_every_steps,
         )
@@ -186,7 +192,10 @@ def _add_pretrain(subparsers: argparse._SubParsersAction) -> None:
         )
         final = pretrain_job(job)
         if "val_loss" in final:
-            print(f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f}")
+            print(
+                f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f} "
+                f"({final['val_accuracy_replaced']:.3f} on replaced tokens)"
+            )
         return 0
 
     pretrain.set_defaults(handler=run)
@@ -248,7 +257,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         metrics = mlm_validation(args.model, corpus, args.seq_len, cache, args.max_sequences)
         print(
             f"validation MLM loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f} "
-            f"over {metrics['val_masked_tokens']} masked tokens"
+            f"({metrics['val_accuracy_replaced']:.4f} on replaced tokens) over {metrics['val_masked_tokens']} "
+            "masked tokens"
         )
         return 0
 
