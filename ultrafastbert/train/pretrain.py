@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..model.modeling import ScaledSinusoidalPositions
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
@@ -151,9 +152,9 @@ class Pretrainer:
     ) -> None:
         self.context = context or DistributedContext()
         if not config.train_position_scale:
-            for name, parameter in model.named_parameters():
-                if name.endswith("pos_embedding.scale_factor"):
-                    parameter.requires_grad_(False)
+            for module in model.modules():
+                if isinstance(module, ScaledSinusoidalPositions):
+                    module.scale_factor.requires_grad_(False)
         self.model = model.to(self.context.device)
         self.ddp_model = wrap_model(self.model, self.context)
         self.train_sequences, self.validation_sequences = train_sequences, validation_sequences
