@@ -65,9 +65,9 @@ class DemoConfig:
     tasks: tuple[str, ...] = ("wn-pos", "wn-supersense", "wn-sense-match", "fortune-topic")
     pretrain_share: float = 0.55  # of the budget left after data preparation, split evenly between the models
     micro_batch: int = 32
-    # chosen on pretraining validation MLM loss of whole demo runs (2.7 min per model): batch 64 at lr 3e-3
-    # reached 6.05 (dense) / 5.95 (FFF), batch 128 at 5e-3 6.27 / 6.13; earlier 2-minute runs ranked lr 1e-3/batch
-    # 256 last (6.67). Small models in short runs want a higher rate and more steps.
+    # chosen on pretraining validation MLM loss of whole demo runs (2.7 min per model, dense / FFF): batch 64 at
+    # lr 3e-3 gave 6.05 / 5.95 and 6.02 / 6.13 in two runs, batch 128 at 5e-3 6.27 / 6.13; earlier 2-minute runs
+    # ranked lr 1e-3/batch 256 last (6.67). Small models in short runs want a higher rate and more steps.
     final_batch: int = 64
     lr: float = 3e-3
     seed: int = 0
