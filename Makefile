@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(PY) benchmarks/layer.py --tokens 1 16 128 1024 16384 --threads 2
+	$(PY) benchmarks/layer.py --tokens 1 16 128 1024 16384 --threads 2 all
 	$(PY) benchmarks/model.py --threads 2 --batches 1 8
 
 clean:

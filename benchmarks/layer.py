@@ -1,4 +1,4 @@
-"""Benchmark of record for the FFF layer: ``python benchmarks/layer.py [--tokens ...] [--threads N]``.
+"""Benchmark of record for the FFF layer: ``python benchmarks/layer.py [--tokens ...] [--threads 2 all]``.
 
 Same as ``ultrafastbert bench layer``; writes ``benchmarks/results/layer.{json,png}`` by default.
 """

@@ -21,12 +21,27 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         default=[128, 4096],
         help="token counts for the training-step (forward + backward) timings",
     )
-    layer.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    layer.add_argument(
+        "--threads",
+        nargs="+",
+        default=[],
+        help="one pass per thread count, in order; 'all' = every logical core (default: torch's own setting)",
+    )
     layer.add_argument("--repeats", type=int, default=None, help="timed repeats (default: adaptive)")
+    layer.add_argument(
+        "--no-compile", action="store_true", help="leave out the torch.compile'd gather walk (saves compile time)"
+    )
     layer.add_argument("--output", default="benchmarks/results/layer", help="path prefix for .json and .png")
 
     def run(args: argparse.Namespace) -> int:
-        from .bench.layer import LayerBenchConfig, run_layer_benchmark
+        from .bench.layer import LayerBenchConfig, all_threads, run_layer_benchmark
+
+        def thread_count(value: str) -> int:
+            if value == "all":
+                return all_threads()
+            if not value.isdigit() or int(value) < 1:
+                raise SystemExit(f"ultrafastbert bench layer: --threads takes positive integers or 'all', not {value}")
+            return int(value)
 
         config = LayerBenchConfig(
             tokens=tuple(args.tokens),
@@ -34,8 +49,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
             width=args.width,
             depth=args.depth,
             trees=args.trees,
-            threads=args.threads,
+            threads=tuple(thread_count(value) for value in args.threads),
             repeats=args.repeats,
+            compiled_gather=not args.no_compile,
         )
         run_layer_benchmark(config, output=args.output)
         return 0

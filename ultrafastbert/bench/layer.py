@@ -1,12 +1,20 @@
 """Layer benchmark: dense feedforward vs every FFF execution path, side by side in one process.
 
 Methodology (``../shared/DESIGN.md`` §5): random normal inputs, every FFF path checked against the masking
-reference before it is timed, warm-up, median of repeats, fixed threads, JSON with machine facts, and a plot.
+reference before it is timed, warm-up, median of repeats, fixed threads (one pass per requested thread count),
+JSON with machine facts, and a plot.
+
+The candidates: dense ``Linear-GELU-Linear`` at 3072 and at as many hidden units as the tree has nodes; the masking
+reference (what the original trains and ships); the paper-style gather/BMM walk (per level, each token gathers
+its node's rows and takes batched dot products: ``impl="walk"``), the same walk through ``torch.compile``; and
+the compiled kernel. Training steps (forward + backward) time the reference, the autograd-free sparse path and
+the kernel.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..fff import FFF, kernels
+from ..fff.sparse import walk_forward
 from .timing import machine_info, time_callable
 
 
@@ -24,9 +33,10 @@ class LayerBenchConfig:
     depth: int = 11
     trees: int = 1
     dense_width: int = 3072
-    threads: int | None = None
+    threads: tuple[int, ...] = ()  # one pass per thread count; () = one pass at torch's current setting
     repeats: int | None = None
     train_tokens: tuple[int, ...] = (128, 4096)
+    compiled_gather: bool = True  # time the gather walk through torch.compile (compiles once per token count)
     seed: int = 0
 
 
@@ -38,16 +48,25 @@ class Measurement:
     median_ms: float
     min_ms: float
     repeats: int
+    threads: int
 
 
 @dataclass
 class Candidate:
-    """One implementation under test: a module, and the FFF ``impl`` to set on it (None for dense)."""
+    """One implementation under test: a module, and the FFF ``impl`` to set on it (None for dense and for modules
+    that are an FFF path by themselves). ``checked`` ones are compared with the reference before timing; an
+    ``optional`` one that cannot run here (``torch.compile`` without a working compiler) is skipped, not fatal."""
 
     name: str
     module: nn.Module
     impl: str | None = None
     modes: tuple[str, ...] = ("forward", "train")
+    checked: bool | None = None  # default: whether an FFF impl is set
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.checked is None:
+            self.checked = self.impl is not None
 
     def prepare(self) -> None:
         """Select this candidate's path once, outside the timed calls (the candidates share one FFF module)."""
@@ -59,6 +78,21 @@ class Candidate:
         return self.module(x)
 
 
+class CompiledGather(nn.Module):
+    """The gather/BMM walk (``sparse.walk_forward``) compiled by ``torch.compile`` for each input shape, on the
+    weights of ``fff``: what a user gets from the compiler without a hand-written kernel. Inference only."""
+
+    def __init__(self, fff: FFF) -> None:
+        super().__init__()
+        self.fff = fff
+        self._walk = torch.compile(walk_forward, dynamic=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fff = self.fff
+        weight_out_t = fff._weight_out_t()
+        return self._walk(x, fff.linear_in.weight, fff.linear_in.bias, weight_out_t, fff.depth, fff.trees)[0]
+
+
 def dense_feedforward(width: int, hidden: int) -> nn.Sequential:
     """The dense baseline: ``Linear -> GELU -> Linear`` as in BERT."""
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
@@ -67,27 +101,47 @@ def dense_feedforward(width: int, hidden: int) -> nn.Sequential:
 def build_candidates(config: LayerBenchConfig) -> list[Candidate]:
     fff = FFF(config.width, config.depth, config.trees)  # published initialisation
     nodes = fff.linear_in.out_features
+    compiled = []
+    if config.compiled_gather:
+        compiled.append(
+            Candidate(
+                "FFF gather/BMM (torch.compile)", CompiledGather(fff), modes=("forward",), checked=True, optional=True
+            )
+        )
     return [
         Candidate(f"dense FF-{config.dense_width}", dense_feedforward(config.width, config.dense_width)),
         Candidate(f"dense FF-{nodes}", dense_feedforward(config.width, nodes)),
         Candidate("FFF reference (masking)", fff, "reference"),
         Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",)),
-        Candidate("FFF walk (PyTorch)", fff, "walk", modes=("forward",)),
+        Candidate("FFF gather/BMM (PyTorch)", fff, "walk", modes=("forward",)),
+        *compiled,
         *([Candidate("FFF kernel (C++)", fff, "kernel")] if kernels.available() else []),
     ]
 
 
-def check_against_reference(candidates: list[Candidate], x: Tensor) -> None:
-    """Refuse to time an FFF path whose output differs from the reference on this very input."""
-    fffs = [c for c in candidates if c.impl is not None]
+def check_against_reference(candidates: list[Candidate], x: Tensor) -> dict[str, str]:
+    """Refuse to time an FFF path whose output differs from the reference on this very input. An optional
+    candidate that raises instead is removed from ``candidates``; returns ``{name: reason}`` of those."""
+    fffs = [c for c in candidates if c.checked]
     reference = next(c for c in fffs if c.impl == "reference")
+    skipped: dict[str, str] = {}
     with torch.no_grad():
         expected = reference.run(x)
         for candidate in fffs:
-            got = candidate.run(x)
+            try:
+                got = candidate.run(x)
+            except Exception as error:  # e.g. torch.compile without a working C++ compiler
+                if not candidate.optional:
+                    raise
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                skipped[candidate.name] = f"{type(error).__name__}: {reason}"
+                candidates.remove(candidate)
+                print(f"  skipping {candidate.name}: {skipped[candidate.name]}", flush=True)
+                continue
             error = ((got - expected).abs().max() / expected.abs().max()).item()
             if error > 1e-4:
                 raise AssertionError(f"{candidate.name} differs from the reference by {error:.2e} (relative)")
+    return skipped
 
 
 def measure_forward(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
@@ -96,7 +150,9 @@ def measure_forward(candidate: Candidate, x: Tensor, repeats: int | None) -> Mea
     module = candidate.module
     with torch.no_grad():
         timing = time_callable(lambda: module(x), **_repeat_limits(repeats))
-    return Measurement(candidate.name, "forward", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats)
+    return Measurement(
+        candidate.name, "forward", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats, _threads()
+    )
 
 
 def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
@@ -111,7 +167,26 @@ def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> 
         (candidate.module(x) * upstream).sum().backward()
 
     timing = time_callable(step, **_repeat_limits(repeats))
-    return Measurement(candidate.name, "train", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats)
+    return Measurement(
+        candidate.name, "train", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats, _threads()
+    )
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def all_threads() -> int:
+    """The logical cores this process may run on ("all threads")."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_passes(requested: tuple[int, ...]) -> list[int]:
+    """The thread counts to run, in order, without repeats (``2`` then "all" is one pass on a 2-core machine)."""
+    passes = list(dict.fromkeys(requested)) or [torch.get_num_threads()]
+    if any(n < 1 for n in passes):
+        raise ValueError(f"thread counts must be >= 1, got {requested}")
+    return passes
 
 
 def _repeat_limits(repeats: int | None) -> dict[str, float]:
@@ -133,33 +208,45 @@ def fff_useful_flops(tokens: int, width: int, depth: int, trees: int) -> int:
 
 
 def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
-    """Time all candidates, print a table and write ``<output>.json`` and ``<output>.png``."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    """Time all candidates (one pass per thread count), print tables and write ``<output>.json`` and ``.png``."""
     torch.manual_seed(config.seed)
     candidates = build_candidates(config)
     results: list[Measurement] = []
-    for tokens in config.tokens:
-        x = torch.randn(tokens, config.width)
-        check_against_reference(candidates, x)
-        for candidate in (c for c in candidates if "forward" in c.modes):
-            results.append(measure_forward(candidate, x, config.repeats))
-            print(_progress_line(results[-1]), flush=True)
-    for tokens in config.train_tokens:
-        x = torch.randn(tokens, config.width)
-        for candidate in (c for c in candidates if "train" in c.modes):
-            results.append(measure_train_step(candidate, x, config.repeats))
-            print(_progress_line(results[-1]), flush=True)
-    gflops = measure_gemm_gflops(config.width, config.dense_width)
+    passes: list[dict] = []
+    skipped: dict[str, str] = {}
+    inputs = {tokens: torch.randn(tokens, config.width) for tokens in config.tokens}
+    train_inputs = {tokens: torch.randn(tokens, config.width) for tokens in config.train_tokens}
+    previous_threads = torch.get_num_threads()
+    passes_to_run = thread_passes(config.threads)
+    print(f"thread passes: {passes_to_run} (asked for {list(config.threads) or 'the current setting'})", flush=True)
+    try:
+        for threads in passes_to_run:
+            torch.set_num_threads(threads)
+            print(f"[{threads} threads]", flush=True)
+            for x in inputs.values():
+                skipped.update(check_against_reference(candidates, x))
+                for candidate in (c for c in candidates if "forward" in c.modes):
+                    results.append(measure_forward(candidate, x, config.repeats))
+                    print(_progress_line(results[-1]), flush=True)
+            for x in train_inputs.values():
+                for candidate in (c for c in candidates if "train" in c.modes):
+                    results.append(measure_train_step(candidate, x, config.repeats))
+                    print(_progress_line(results[-1]), flush=True)
+            gflops = measure_gemm_gflops(config.width, config.dense_width)
+            floor = {
+                str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
+                for t in config.tokens
+            }
+            passes.append({"threads": threads, "sgemm_gflops": gflops, "fff_floor_ms": floor})
+        machine = machine_info()
+    finally:
+        torch.set_num_threads(previous_threads)
     report = {
         "benchmark": "layer",
-        "machine": machine_info(),
+        "machine": machine,
         "config": asdict(config),
-        "sgemm_gflops": gflops,
-        "fff_floor_ms": {
-            str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
-            for t in config.tokens
-        },
+        "passes": passes,
+        "skipped": skipped,
         "results": [asdict(r) for r in results],
     }
     print()
@@ -174,40 +261,43 @@ def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = No
 
 
 def _progress_line(m: Measurement) -> str:
-    return f"  {m.mode:<7} {m.tokens:>6} tokens  {m.name:<26} {m.median_ms:10.4f} ms  ({m.repeats} runs)"
+    return f"  {m.mode:<7} {m.tokens:>6} tokens  {m.name:<32} {m.median_ms:10.4f} ms  ({m.repeats} runs)"
 
 
 def format_table(report: dict, baseline: str) -> str:
-    """Markdown tables of median ms and the speed-up of each path over ``baseline``, one per mode."""
-    lines = [
-        f"threads={report['machine']['torch_threads']}  cpu={report['machine']['cpu']}  "
-        f"sgemm={report['sgemm_gflops']:.0f} GFLOP/s"
-    ]
-    for mode in ("forward", "train"):
-        rows = [r for r in report["results"] if r["mode"] == mode]
-        if not rows:
-            continue
-        names = list(dict.fromkeys(r["name"] for r in rows))
-        tokens = list(dict.fromkeys(r["tokens"] for r in rows))
-        by_key = {(r["name"], r["tokens"]): r["median_ms"] for r in rows}
-        lines += ["", f"{mode}: median ms (speed-up over {baseline})", ""]
-        lines.append("| implementation | " + " | ".join(f"{t} tokens" for t in tokens) + " |")
-        lines.append("|---|" + "---|" * len(tokens))
-        for name in names:
-            cells = []
-            for t in tokens:
-                ms = by_key.get((name, t))
-                base = by_key.get((baseline, t))
-                cells.append("-" if ms is None else f"{ms:.4g} ({base / ms:.1f}x)" if base else f"{ms:.4g}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if mode == "forward":
-            floor = " | ".join(f"{report['fff_floor_ms'][str(t)]:.4g}" for t in tokens)
-            lines.append(f"| FFF compute floor (useful FLOPs / sgemm rate) | {floor} |")
+    """Markdown tables of median ms and the speed-up of each path over ``baseline``: per pass, one per mode."""
+    lines = [f"cpu={report['machine']['cpu']}  logical cores={report['machine']['logical_cores']}"]
+    for run in report["passes"]:
+        threads = run["threads"]
+        lines += ["", f"threads={threads}  sgemm={run['sgemm_gflops']:.0f} GFLOP/s"]
+        for mode in ("forward", "train"):
+            rows = [r for r in report["results"] if r["mode"] == mode and r["threads"] == threads]
+            if not rows:
+                continue
+            names = list(dict.fromkeys(r["name"] for r in rows))
+            tokens = list(dict.fromkeys(r["tokens"] for r in rows))
+            by_key = {(r["name"], r["tokens"]): r["median_ms"] for r in rows}
+            lines += ["", f"{mode}, {threads} threads: median ms (speed-up over {baseline})", ""]
+            lines.append("| implementation | " + " | ".join(f"{t} tokens" for t in tokens) + " |")
+            lines.append("|---|" + "---|" * len(tokens))
+            for name in names:
+                cells = []
+                for t in tokens:
+                    ms = by_key.get((name, t))
+                    base = by_key.get((baseline, t))
+                    cells.append("-" if ms is None else f"{ms:.4g} ({base / ms:.1f}x)" if base else f"{ms:.4g}")
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            if mode == "forward":
+                floor = " | ".join(f"{run['fff_floor_ms'][str(t)]:.4g}" for t in tokens)
+                lines.append(f"| FFF compute floor (useful FLOPs / sgemm rate) | {floor} |")
+    for name, reason in report.get("skipped", {}).items():
+        lines += ["", f"skipped {name}: {reason}"]
     return "\n".join(lines)
 
 
 def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
-    """Log-log time vs tokens per implementation, and the speed-up over the dense baseline."""
+    """Log-log time vs tokens per implementation, and the speed-up over the dense baseline; one line style per
+    thread count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,15 +305,22 @@ def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
 
     rows = [r for r in report["results"] if r["mode"] == "forward"]
     names = list(dict.fromkeys(r["name"] for r in rows))
-    base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline}
+    styles = ["-", "--", ":", "-."]
     fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in names:
-        points = sorted((r["tokens"], r["median_ms"]) for r in rows if r["name"] == name)
-        tokens, ms = zip(*points, strict=True)
-        ax_time.plot(tokens, ms, marker="o", label=name)
-        ax_speed.plot(tokens, [base[t] / m for t, m in points], marker="o", label=name)
-    floor = sorted((int(t), ms) for t, ms in report["fff_floor_ms"].items())
-    ax_time.plot(*zip(*floor, strict=True), linestyle="--", color="gray", label="FFF compute floor")
+    for index, run in enumerate(report["passes"]):
+        threads, style = run["threads"], styles[index % len(styles)]
+        base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline and r["threads"] == threads}
+        for color, name in enumerate(names):
+            mine = [r for r in rows if r["name"] == name and r["threads"] == threads]
+            points = sorted((r["tokens"], r["median_ms"]) for r in mine)
+            if not points:
+                continue
+            tokens, ms = zip(*points, strict=True)
+            label = f"{name}, {threads} threads"
+            ax_time.plot(tokens, ms, style, marker="o", color=f"C{color}", label=label)
+            ax_speed.plot(tokens, [base[t] / m for t, m in points], style, marker="o", color=f"C{color}", label=label)
+        floor = sorted((int(t), ms) for t, ms in run["fff_floor_ms"].items())
+        ax_time.plot(*zip(*floor, strict=True), style, color="gray", label=f"FFF compute floor, {threads} threads")
     for ax, title, ylabel in (
         (ax_time, "forward time", "median ms"),
         (ax_speed, f"speed-up over {baseline}", "x"),
@@ -234,11 +331,12 @@ def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    ax_time.legend(fontsize=8)
+    ax_time.legend(fontsize=7)
     config = report["config"]
+    threads = ", ".join(str(run["threads"]) for run in report["passes"])
     fig.suptitle(
-        f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, "
-        f"{report['machine']['torch_threads']} threads, {report['machine']['cpu']}"
+        f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, {threads} threads, "
+        f"{report['machine']['cpu']}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
