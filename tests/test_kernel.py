@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 
@@ -180,6 +182,62 @@ def test_outputs_are_not_overwritten_by_later_calls():
     del first
     third = ops.fff_infer(first_x, weight_in, bias_in, weight_out_t, 6, 1)
     assert torch.equal(third, kept)
+
+
+_POOL_SCRIPT = """
+import torch
+from ultrafastbert.fff import kernels, ops
+assert kernels.available(), kernels.failure()
+torch.manual_seed(0)
+
+def layer(width, depth):
+    n = 2 ** (depth + 1) - 1
+    return torch.randn(n, width) * 0.1, torch.randn(n) * 0.1, torch.randn(n, width) * 0.1
+
+def rss_mib():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+# reuse: a smaller batch takes a freed larger buffer when it fills at least half of it
+w = layer(256, 3)
+first = ops.fff_infer(torch.randn(3000, 256), *w, 3, 1)
+kept = first.data_ptr()
+del first
+x = torch.randn(2000, 256)
+second = ops.fff_infer(x, *w, 3, 1)
+print("reused", second.data_ptr() == kept)
+from ultrafastbert.fff.sparse import walk_forward
+print("right", torch.allclose(second, walk_forward(x, *w, 3, 1)[0], rtol=1e-5, atol=1e-6))
+del second
+third = ops.fff_infer(torch.randn(1400, 256), *w, 3, 1)  # under half of the 3 MB buffer: a fresh one
+print("too small reused", third.data_ptr() == kept)
+del third
+
+# eviction: five 256 MiB outputs come back; the pool keeps 1 GiB, the oldest one is freed
+w = layer(4096, 0)
+x = torch.randn(16384, 4096)
+base = rss_mib()
+outs = [ops.fff_infer(x, *w, 0, 1) for _ in range(5)]
+pointers = [out.data_ptr() for out in outs]
+while outs:
+    outs.pop(0)  # returned oldest first: the first one is the one to go
+print("held MiB", round(rss_mib() - base))
+again = [ops.fff_infer(x, *w, 0, 1) for _ in range(4)]
+print("kept newest", sorted(out.data_ptr() for out in again) == sorted(pointers[1:]))
+"""
+
+
+@needs_kernel
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads resident memory from /proc")
+def test_buffer_pool_reuses_larger_buffers_and_frees_the_oldest_beyond_its_budget():
+    """In a fresh process (an empty pool): a batch reuses a freed buffer up to twice its size, with the right
+    values, but not a larger one; beyond 1 GiB of freed buffers the least recently returned one is released."""
+    result = subprocess.run([sys.executable, "-c", _POOL_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.rsplit(" ", 1) for line in result.stdout.strip().splitlines())
+    assert lines["reused"] == "True" and lines["right"] == "True" and lines["too small reused"] == "False"
+    assert 900 <= int(lines["held MiB"]) <= 1150, lines  # 1 GiB kept, not 1.25
+    assert lines["kept newest"] == "True"
 
 
 @needs_kernel

@@ -29,7 +29,7 @@
 #include <cstring>
 #include <mutex>
 #include <type_traits>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -351,10 +351,12 @@ at::Tensor contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.co
 //
 // Large outputs are recycled through a small pool instead of fresh pages from the OS: a new (16384, 768)
 // float32 tensor costs ~20 ms of page faults (the OS zeroes every page), several times the forward itself.
-// A tensor's memory returns to the pool when its last reference goes; the pool keeps at most kPoolBytes.
+// A tensor's memory returns to the pool when its last reference goes. A request takes the smallest free buffer
+// that holds it without wasting more than half, so batches of varying size share buffers; the pool keeps at
+// most kPoolBytes and, when over, frees its least recently returned buffers, so sizes no longer asked for go.
 
 constexpr size_t kPoolMinBytes = size_t{256} << 10;
-constexpr size_t kPoolBytes = size_t{1} << 30;
+constexpr size_t kPoolBytes = size_t{1} << 30;  // room for a 16-layer training step's outputs at 16384 tokens
 constexpr size_t kPoolAlignment = 64;
 
 class BufferPool {
@@ -369,40 +371,60 @@ class BufferPool {
     for (const int64_t size : sizes) elements *= size;
     const size_t bytes = static_cast<size_t>(elements) * options.dtype().itemsize();
     if (bytes < kPoolMinBytes) return at::empty(sizes, options);
-    const size_t capacity = (bytes + kPoolAlignment - 1) / kPoolAlignment * kPoolAlignment;
-    void* data = take(capacity);
+    const size_t rounded = (bytes + kPoolAlignment - 1) / kPoolAlignment * kPoolAlignment;
+    auto [data, capacity] = take(rounded);
     if (data == nullptr) {
+      capacity = rounded;
       data = std::aligned_alloc(kPoolAlignment, capacity);
       TORCH_CHECK(data != nullptr, "fff: out of memory allocating ", capacity, " bytes");
     }
-    return at::from_blob(data, sizes, [capacity](void* p) { instance().give(p, capacity); }, options);
+    return at::from_blob(data, sizes, [capacity = capacity](void* p) { instance().give(p, capacity); }, options);
   }
 
  private:
-  void* take(size_t capacity) {
+  struct Entry {
+    size_t capacity;
+    void* data;
+    uint64_t returned;  // when it came back: the oldest go first
+  };
+
+  std::pair<void*, size_t> take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = free_.find(capacity);
-    if (it == free_.end()) return nullptr;
-    void* data = it->second;
-    free_.erase(it);
-    free_bytes_ -= capacity;
-    return data;
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->capacity >= bytes && it->capacity / 2 <= bytes && (best == free_.end() || it->capacity < best->capacity)) {
+        best = it;
+      }
+    }
+    if (best == free_.end()) return {nullptr, 0};
+    const std::pair<void*, size_t> found{best->data, best->capacity};
+    free_bytes_ -= best->capacity;
+    *best = free_.back();
+    free_.pop_back();
+    return found;
   }
 
   void give(void* data, size_t capacity) {
+    std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (free_bytes_ + capacity <= kPoolBytes) {
-        free_.emplace(capacity, data);
-        free_bytes_ += capacity;
-        return;
+      free_.push_back({capacity, data, ++clock_});
+      free_bytes_ += capacity;
+      while (free_bytes_ > kPoolBytes) {
+        const auto oldest = std::min_element(free_.begin(), free_.end(),
+                                             [](const Entry& a, const Entry& b) { return a.returned < b.returned; });
+        free_bytes_ -= oldest->capacity;
+        evicted.push_back(oldest->data);
+        *oldest = free_.back();
+        free_.pop_back();
       }
     }
-    std::free(data);
+    for (void* p : evicted) std::free(p);
   }
 
   std::mutex mutex_;
-  std::unordered_multimap<size_t, void*> free_;  // exact sizes: a layer asks for the same few shapes
+  std::vector<Entry> free_;  // a few entries: a model asks for a few shapes
+  uint64_t clock_ = 0;
   size_t free_bytes_ = 0;
 };
 
