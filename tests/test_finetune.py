@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from ultrafastbert.data.tasks import Example, TaskData
 from ultrafastbert.data.tokenizer import train_tokenizer
@@ -31,6 +32,7 @@ def topic_task(rng: random.Random, size: int) -> list[Example]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
+    torch.manual_seed(0)  # the weights must not depend on what earlier tests drew from the global generator
     texts = [" ".join(FILLER + ANIMALS + COLOURS + TOOLS)] * 20
     tokenizer = train_tokenizer(texts, vocab_size=60, output_dir=folder)
     config = preset_config(
@@ -87,7 +89,8 @@ def test_regression_with_one_label_learns_a_score(pretrained):
     task = TaskData("count-red", examples(192), examples(96), [], 1, True, ("pearson", "spearman"), ())
     config = FinetuneConfig(lr=5e-3, epochs=8, batch_size=16, seeds=(0,), max_length=32)
     result = finetune_task(folder, task, tokenizer, config, show_progress=False)
-    assert result.median["validation"]["pearson"] > 0.8
+    # 0.78-0.85 across six initialisations of the "pretrained" model; no correlation at all would be about 0
+    assert result.median["validation"]["pearson"] > 0.7
 
 
 def test_capped_subsets_are_uniform_not_the_head_of_a_sorted_file():
