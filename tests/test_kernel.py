@@ -336,6 +336,25 @@ def test_torch_compile_traces_through_the_kernel():
     assert torch.equal(out, expected)
 
 
+@needs_kernel
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_export_captures_the_kernel_op(grad):
+    """torch.export (no TorchScript): the exported program calls our op, takes any token count and gives the
+    eager module's bits; with grad enabled it captures the training forward."""
+    from torch.export import Dim
+
+    layer = random_layer(32, 4, 2)
+    layer.impl = "kernel"
+    layer.eval()
+    with torch.set_grad_enabled(grad):
+        program = torch.export.export(layer, (random_input((5, 32)),), dynamic_shapes=({0: Dim("tokens")},))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert ("ultrafastbert.fff_forward.default" if grad else "ultrafastbert.fff_infer.default") in targets
+    x = random_input((9, 32), seed=3)
+    with torch.no_grad():
+        assert torch.equal(program.module()(x), layer(x))
+
+
 def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch):
     """Where the kernel cannot be built: one warning, and ``auto`` takes the pure-PyTorch paths."""
     monkeypatch.setattr(kernels, "_available", None)

@@ -158,9 +158,13 @@ class FFF(nn.Module):
 
     def _weight_out_t(self, weight: Tensor | None = None) -> Tensor:
         """``linear_out.weight.T`` as a contiguous ``(K*n, width)`` tensor, cached until the weight changes (its
-        storage, version counter or dtype), so inference does not pay a full-matrix transpose per call."""
+        storage, version counter or dtype), so inference does not pay a full-matrix transpose per call. While
+        ``torch.export`` traces, the weight has no storage to key on: the transpose goes into the exported graph
+        (where a compiler can fold it into a constant)."""
         if weight is None:
             weight = self.linear_out.weight
+        if torch.compiler.is_exporting():
+            return weight.t().contiguous()
         cache = self._weight_out_t_cache
         key = (weight.data_ptr(), weight._version, weight.dtype)
         if cache is None or cache[0] != key:
