@@ -107,7 +107,11 @@ def test_benchmark_refuses_an_implementation_that_disagrees_with_the_reference()
 def test_shape_benchmark_times_every_trees_by_depth_shape(tmp_path):
     from ultrafastbert.bench.layer import run_shape_benchmark
 
-    report = run_shape_benchmark(((1, 3), (2, 2), (4, 1)), width=16, tokens=64, output=tmp_path / "shapes")
+    before = torch.get_num_threads()
+    report = run_shape_benchmark(
+        ((1, 3), (2, 2), (4, 1)), width=16, tokens=64, threads=before + 1, output=tmp_path / "shapes"
+    )
+    assert torch.get_num_threads() == before and report["machine"]["torch_threads"] == before + 1
     saved = json.loads((tmp_path / "shapes.json").read_text())
     assert [(r["trees"], r["depth"], r["neurons_per_token"]) for r in saved["results"]] == [
         (1, 3, 4),

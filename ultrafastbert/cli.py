@@ -265,7 +265,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from .data.sources import cache_root
+        from .cache import cache_root
         from .train.jobs import PretrainJob, load_corpus_for, mlm_validation
 
         cache = Path(args.cache_dir) if args.cache_dir else cache_root()

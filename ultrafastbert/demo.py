@@ -23,8 +23,8 @@ import torch
 
 from .bench.layer import LayerBenchConfig, run_layer_benchmark
 from .bench.timing import machine_info, time_callable
+from .cache import cache_root
 from .data import DefaultData, MLMCollator, packed_dataset, prepare_default_data, tokenizer_for_corpus
-from .data.sources import cache_root
 from .fff import kernels
 from .model.modeling import CrammedBertForMaskedLM
 from .train.finetune import FinetuneConfig, TaskResult, capped, finetune_task

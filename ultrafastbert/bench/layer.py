@@ -151,7 +151,13 @@ def measure_forward(candidate: Candidate, x: Tensor, repeats: int | None) -> Mea
     with torch.no_grad():
         timing = time_callable(lambda: module(x), **_repeat_limits(repeats))
     return Measurement(
-        candidate.name, "forward", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats, _threads()
+        candidate.name,
+        "forward",
+        x.shape[0],
+        timing.median_s * 1e3,
+        timing.min_s * 1e3,
+        timing.repeats,
+        torch.get_num_threads(),
     )
 
 
@@ -168,12 +174,14 @@ def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> 
 
     timing = time_callable(step, **_repeat_limits(repeats))
     return Measurement(
-        candidate.name, "train", x.shape[0], timing.median_s * 1e3, timing.min_s * 1e3, timing.repeats, _threads()
+        candidate.name,
+        "train",
+        x.shape[0],
+        timing.median_s * 1e3,
+        timing.min_s * 1e3,
+        timing.repeats,
+        torch.get_num_threads(),
     )
-
-
-def _threads() -> int:
-    return torch.get_num_threads()
 
 
 def all_threads() -> int:
@@ -343,6 +351,23 @@ def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
     plt.close(fig)
 
 
+def _time_shape(trees: int, depth: int, width: int, x: Tensor) -> dict:
+    """One row of the trees-vs-depth view: the default path checked against the reference, then timed."""
+    layer = FFF(width, depth, trees)
+    candidates = [Candidate("reference", layer, "reference"), Candidate("default", layer, "auto")]
+    check_against_reference(candidates, x)
+    measurement = measure_forward(candidates[1], x, None)
+    return {
+        "trees": trees,
+        "depth": depth,
+        "neurons": layer.linear_in.out_features,
+        "neurons_per_token": layer.neurons_per_token,
+        "path": layer.resolve_impl(x),
+        "median_ms": measurement.median_ms,
+        "us_per_token": measurement.median_ms * 1e3 / x.shape[0],
+    }
+
+
 def run_shape_benchmark(
     shapes: tuple[tuple[int, int], ...] = ((1, 11), (2, 10), (4, 9), (8, 8), (16, 7)),
     width: int = 768,
@@ -352,28 +377,17 @@ def run_shape_benchmark(
 ) -> dict:
     """Trees vs depth at (nearly) equal total neurons (1x11, 2x10, ... all hold ~4095): forward ms per token of the
     default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference."""
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(tokens, width)
-    rows = []
-    for trees, depth in shapes:
-        layer = FFF(width, depth, trees)
-        candidates = [Candidate("reference", layer, "reference"), Candidate("default", layer, "auto")]
-        check_against_reference(candidates, x)
-        measurement = measure_forward(candidates[1], x, None)
-        rows.append(
-            {
-                "trees": trees,
-                "depth": depth,
-                "neurons": layer.linear_in.out_features,
-                "neurons_per_token": layer.neurons_per_token,
-                "path": layer.resolve_impl(x),
-                "median_ms": measurement.median_ms,
-                "us_per_token": measurement.median_ms * 1e3 / tokens,
-            }
-        )
-    report = {"benchmark": "layer-shapes", "machine": machine_info(), "width": width, "tokens": tokens, "results": rows}
+    try:
+        rows = [_time_shape(trees, depth, width, x) for trees, depth in shapes]
+        machine = machine_info()
+    finally:
+        torch.set_num_threads(previous_threads)
+    report = {"benchmark": "layer-shapes", "machine": machine, "width": width, "tokens": tokens, "results": rows}
     lines = ["| trees x depth | neurons | used per token | path | ms | us per token |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(

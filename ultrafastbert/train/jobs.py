@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..cache import cache_root
 from ..data import (
     MLMCollator,
     corpus_from_paths,
@@ -25,7 +26,6 @@ from ..data import (
     tokenizer_for_corpus,
 )
 from ..data.corpus import Corpus
-from ..data.sources import cache_root
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task
 from ..model.modeling import CrammedBertForMaskedLM
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
