@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from fff_helpers import TOLERANCE, random_input, random_layer, relative_error, run_with_grads
+from fff_helpers import (
+    TOLERANCE,
+    assert_gradients_close,
+    random_input,
+    random_layer,
+    relative_error,
+    run_with_grads,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,9 +31,7 @@ def assert_matches_reference(layer: FFF, x: torch.Tensor) -> None:
         out, path, grads = run_with_grads(layer, x, impl)
         assert torch.equal(path, ref_path), impl
         assert relative_error(out, ref_out) <= tol, impl
-        for name, grad, ref_grad in zip(("x", "w_in", "b_in", "w_out"), grads, ref_grads, strict=True):
-            assert grad.shape == ref_grad.shape and grad.dtype == ref_grad.dtype, (impl, name)
-            assert relative_error(grad, ref_grad) <= tol, (impl, name, relative_error(grad, ref_grad))
+        assert_gradients_close(layer, x, grads, ref_grads, tol, impl)
     with torch.no_grad():
         for impl in NO_GRAD_PATHS:
             layer.impl = impl
