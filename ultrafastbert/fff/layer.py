@@ -23,6 +23,7 @@ from .sparse import sparse_fff, walk_forward
 IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+_KERNEL_IMPLS = ("auto", "kernel")  # impls whose inference runs the kernel when it can
 
 
 class FFF(nn.Module):
@@ -82,14 +83,28 @@ class FFF(nn.Module):
         """``x`` ``(..., width)`` -> ``(..., width)``; with ``return_path`` also the visited global node
         indices ``(..., trees, depth+1)``, root first."""
         weight_in, bias_in, weight_out = self._parameter_tensors()
+        if not return_path and self._impl in _KERNEL_IMPLS and isinstance(x, Tensor):
+            # The inference hot path, a few microseconds at one token: every condition is one cheap attribute
+            # test (the op checks the rest), and any input it does not take goes the checked general way below.
+            dtype, shape = x.dtype, x.shape
+            if (
+                dtype is weight_in.dtype
+                and dtype in KERNEL_DTYPES
+                and x.is_cpu
+                and weight_in.is_cpu
+                and shape
+                and shape[-1] == self.width
+                and not (torch.is_grad_enabled() and self._needs_grad(x))
+                and kernels.available()
+            ):
+                weight_out_t = self._weight_out_t(weight_out)
+                if len(shape) == 2:
+                    return ops.fff_infer(x, weight_in, bias_in, weight_out_t, self.depth, self.trees)
+                out = ops.fff_infer(x.reshape(-1, self.width), weight_in, bias_in, weight_out_t, self.depth, self.trees)
+                return out.view(shape)
         self._check_input(x, weight_in)
         impl = self.resolve_impl(x)
         needs_grad = self._needs_grad(x)
-        if impl == "kernel" and not (needs_grad or return_path):
-            # the inference hot path, a few microseconds at one token: no reshape of 2-D input, no grad-mode switch
-            flat = x if x.dim() == 2 else x.reshape(-1, self.width)
-            out = ops.fff_infer(flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees)
-            return out if flat is x else out.view(x.shape)
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.width)
         if impl == "reference":
