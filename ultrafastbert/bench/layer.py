@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..fff import FFF, kernels
 from ..fff.sparse import walk_forward
-from .timing import machine_info, time_callable
+from .timing import Timing, machine_info, time_callable
 
 
 @dataclass
@@ -144,21 +144,19 @@ def check_against_reference(candidates: list[Candidate], x: Tensor) -> dict[str,
     return skipped
 
 
+def _measurement(candidate: Candidate, mode: str, x: Tensor, timing: Timing) -> Measurement:
+    """A timing as a result row, with the thread count it ran under."""
+    median_ms, min_ms = timing.median_s * 1e3, timing.min_s * 1e3
+    return Measurement(candidate.name, mode, x.shape[0], median_ms, min_ms, timing.repeats, torch.get_num_threads())
+
+
 def measure_forward(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
     """Times the plain module call, as a user makes it inside ``torch.no_grad()`` (entered once, not per call)."""
     candidate.prepare()
     module = candidate.module
     with torch.no_grad():
         timing = time_callable(lambda: module(x), **_repeat_limits(repeats))
-    return Measurement(
-        candidate.name,
-        "forward",
-        x.shape[0],
-        timing.median_s * 1e3,
-        timing.min_s * 1e3,
-        timing.repeats,
-        torch.get_num_threads(),
-    )
+    return _measurement(candidate, "forward", x, timing)
 
 
 def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
@@ -173,15 +171,7 @@ def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> 
         (candidate.module(x) * upstream).sum().backward()
 
     timing = time_callable(step, **_repeat_limits(repeats))
-    return Measurement(
-        candidate.name,
-        "train",
-        x.shape[0],
-        timing.median_s * 1e3,
-        timing.min_s * 1e3,
-        timing.repeats,
-        torch.get_num_threads(),
-    )
+    return _measurement(candidate, "train", x, timing)
 
 
 def all_threads() -> int:
