@@ -10,9 +10,9 @@ import torch
 
 from ultrafastbert.data.tasks import Example, TaskData
 from ultrafastbert.data.tokenizer import train_tokenizer
+from ultrafastbert.model.configuration import CrammedBertConfig
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.finetune import FinetuneConfig, finetune_task, write_results
-from ultrafastbert.train.presets import preset_config
 
 ANIMALS, COLOURS, TOOLS = ["cat", "dog", "horse", "bird"], ["red", "blue", "green", "pink"], ["saw", "drill", "axe"]
 FILLER = ["the", "a", "was", "near", "over", "under", "and", "it", "seen", "today"]
@@ -35,10 +35,10 @@ def pretrained(tmp_path_factory):
     torch.manual_seed(0)  # the weights must not depend on what earlier tests drew from the global generator
     texts = [" ".join(FILLER + ANIMALS + COLOURS + TOOLS)] * 20
     tokenizer = train_tokenizer(texts, vocab_size=60, output_dir=folder)
-    config = preset_config(
+    config = CrammedBertConfig.from_preset(
         "tiny-ufb-2x2",
-        len(tokenizer),
-        32,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32,
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,

@@ -26,9 +26,9 @@ from .bench.timing import machine_info, time_callable
 from .cache import cache_root
 from .data import DefaultData, MLMCollator, packed_dataset, prepare_default_data, tokenizer_for_corpus
 from .fff import kernels
+from .model.configuration import CrammedBertConfig
 from .model.modeling import CrammedBertForMaskedLM
 from .train.finetune import FinetuneConfig, TaskResult, capped, finetune_task
-from .train.presets import preset_config
 from .train.pretrain import PretrainConfig, Pretrainer
 
 
@@ -78,8 +78,15 @@ class DemoConfig:
     def model_configs(self, vocab_size: int) -> dict[str, Any]:
         sizes = {"hidden_size": self.hidden_size, "num_hidden_layers": self.layers, "num_attention_heads": self.heads}
         return {
-            "dense": preset_config(f"tiny-crammed-bert-{self.dense_width}", vocab_size, self.seq_len, **sizes),
-            "fff": preset_config(f"tiny-ufb-{self.fff_trees}x{self.fff_depth}", vocab_size, self.seq_len, **sizes),
+            "dense": CrammedBertConfig.from_preset(
+                f"tiny-crammed-bert-{self.dense_width}", vocab_size=vocab_size, max_position_embeddings=self.seq_len, **sizes
+            ),
+            "fff": CrammedBertConfig.from_preset(
+                f"tiny-ufb-{self.fff_trees}x{self.fff_depth}",
+                vocab_size=vocab_size,
+                max_position_embeddings=self.seq_len,
+                **sizes,
+            ),
         }
 
 

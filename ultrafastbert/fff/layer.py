@@ -26,6 +26,13 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 _KERNEL_IMPLS = ("auto", "kernel")  # impls whose inference runs the kernel when it can
 
 
+def check_impl(impl: str) -> str:
+    """``impl`` if it names an FFF execution path (``IMPLEMENTATIONS``), else a ``ValueError`` listing them."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown FFF impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+    return impl
+
+
 class FFF(nn.Module):
     """Fast feedforward layer ``UltraFastBERT-KxD``: ``trees`` trees of depth ``depth`` on ``width`` features.
 
@@ -61,9 +68,7 @@ class FFF(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        if value not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown FFF impl {value!r}; choose one of {IMPLEMENTATIONS}")
-        self._impl = value
+        self._impl = check_impl(value)
 
     @property
     def neurons_per_token(self) -> int:

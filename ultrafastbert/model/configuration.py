@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from typing import Any, Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from ..fff import IMPLEMENTATIONS as FFF_IMPLEMENTATIONS
+from ..fff import check_impl
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,36 @@ ORIGINAL_CLASS_NAMES = {
     "CrammedBertForSequenceClassification": "ScriptableLMForSequenceClassification",
     "CrammedBertForTokenClassification": "ScriptableLMForTokenClassification",
 }
+
+# Model presets by name: the published sizes, and ``tiny-*`` sizes that train in minutes on a CPU.
+#   crammed-bert        crammedBERT, 16 layers x 768, GELUglu feedforward 3072 (the dense baseline)
+#   ufb-KxD             UltraFastBERT with K trees of depth D per layer (ufb-1x11 is the published model)
+#   tiny-crammed-bert   4 layers x 256, 4 heads, GELU feedforward 1024 (tiny-crammed-bert-W for width W)
+#   tiny-ufb-KxD        4 layers x 256, 4 heads, FFF with K trees of depth D
+# Dropout is off in every preset: the crammed recipe pretrains without it (finetuning turns it back on).
+PRESET_NAMES = ("crammed-bert", "ufb-KxD", "tiny-crammed-bert[-W]", "tiny-ufb-KxD")
+_PRESET_SIZES = {
+    "base": {"hidden_size": 768, "num_hidden_layers": 16, "num_attention_heads": 12},
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4},
+}
+_PRESET_NO_DROPOUT = {"embedding_dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    """The config fields preset ``name`` sets (see ``PRESET_NAMES``); ``ValueError`` for an unknown name."""
+    if name == "crammed-bert":
+        fields = {**_PRESET_SIZES["base"], "ffn_type": "dense", "intermediate_size": 3072, "hidden_act": "gelu_glu"}
+    elif match := re.fullmatch(r"ufb-(\d+)x(\d+)", name):
+        fields = {**_PRESET_SIZES["base"], "ffn_type": "fff", "fff_trees": int(match[1]), "fff_depth": int(match[2])}
+    elif match := re.fullmatch(r"tiny-crammed-bert(?:-(\d+))?", name):
+        width = int(match[1]) if match[1] else 1024
+        fields = {**_PRESET_SIZES["tiny"], "ffn_type": "dense", "intermediate_size": width, "hidden_act": "gelu"}
+    elif match := re.fullmatch(r"tiny-ufb-(\d+)x(\d+)", name):
+        fields = {**_PRESET_SIZES["tiny"], "ffn_type": "fff", "fff_trees": int(match[1]), "fff_depth": int(match[2])}
+    else:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESET_NAMES)}")
+    return {**fields, **_PRESET_NO_DROPOUT}
+
 
 # Original ``nonlin`` names <-> ours.
 _ORIGINAL_ACTIVATIONS = {"GELU": "gelu", "GELUglu": "gelu_glu"}
@@ -135,10 +166,15 @@ class CrammedBertConfig(PretrainedConfig):
                 raise ValueError(f"need fff_trees >= 1 and fff_depth >= 0, got {self.fff_trees}, {self.fff_depth}")
             if self.hidden_act != "gelu":
                 raise ValueError(f"FFF layers use GELU; hidden_act={self.hidden_act!r} is for dense feedforwards")
-        if self.fff_impl not in FFF_IMPLEMENTATIONS:
-            raise ValueError(f"fff_impl must be one of {FFF_IMPLEMENTATIONS}, got {self.fff_impl!r}")
+        check_impl(self.fff_impl)
         if self.ffn_type == "dense" and self.hidden_act == "gelu_glu" and self.intermediate_size % 2:
             raise ValueError(f"gelu_glu splits the intermediate features in two: {self.intermediate_size} is odd")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> CrammedBertConfig:
+        """The config of preset ``name`` (``PRESET_NAMES``, e.g. ``"ufb-1x11"``, ``"tiny-crammed-bert-512"``);
+        ``overrides`` replace any field, typically ``vocab_size`` and ``max_position_embeddings``."""
+        return cls(**{**preset_fields(name), **overrides})
 
     @property
     def name(self) -> str:

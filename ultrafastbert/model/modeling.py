@@ -24,8 +24,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from ..fff import FFF
-from ..fff import IMPLEMENTATIONS as FFF_IMPLEMENTATIONS
+from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
@@ -205,9 +204,7 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
     def set_fff_impl(self, impl: str) -> None:
         """Select the execution path of every FFF layer (``"auto"``, ``"reference"``, ...), and record it in the
         config so that a saved model keeps it."""
-        if impl not in FFF_IMPLEMENTATIONS:
-            raise ValueError(f"unknown FFF impl {impl!r}; choose one of {FFF_IMPLEMENTATIONS}")
-        self.config.fff_impl = impl
+        self.config.fff_impl = check_impl(impl)
         for module in self.modules():
             if isinstance(module, FFF):
                 module.impl = impl

@@ -27,10 +27,10 @@ from ..data import (
 )
 from ..data.corpus import Corpus
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task
+from ..model.configuration import CrammedBertConfig
 from ..model.modeling import CrammedBertForMaskedLM
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
 from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
-from .presets import preset_config
 from .pretrain import PretrainConfig, Pretrainer, mlm_metrics
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def pretrain_job(job: PretrainJob, context: DistributedContext | None = None) ->
         validation_data = packed_dataset(corpus, tokenizer, "validation", job.seq_len, cache)
         if context.is_main:
             barrier(context)
-        model_config = preset_config(job.preset, len(tokenizer), job.seq_len)
+        model_config = CrammedBertConfig.from_preset(
+            job.preset, vocab_size=len(tokenizer), max_position_embeddings=job.seq_len
+        )
         torch.manual_seed(job.train.seed)
         model = CrammedBertForMaskedLM(model_config)
         run_config = {
