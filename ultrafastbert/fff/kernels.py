@@ -1,10 +1,11 @@
-"""Build and load the compiled CPU kernel (``csrc/fff_cpu.cpp``) on the machine it runs on.
+"""Build and load the compiled CPU kernel (``csrc/``: several C++ sources, one library) on the machine it runs on.
 
 The extension is compiled just in time by ``torch.utils.cpp_extension.load`` with ``-O3 -march=native
 -fopenmp`` into a cache directory (``$ULTRAFASTBERT_CACHE`` or ``~/.cache/ultrafastbert``) keyed by the torch
-version, the Python version and the CPU's instruction set, so a shared home directory never hands one machine
-another's binary. The first use compiles (about 20 s on 2 cores); later processes load the cached library in
-milliseconds.
+version, the Python version, the CPU's instruction set, the flags and the content of every source and header, so
+a shared home directory never hands one machine another's binary, and two checkouts with different sources
+keep one build each instead of rebuilding each other's. The first use compiles (about 20 s on 2 cores);
+later processes load the cached library in milliseconds. ``csrc/README.md`` describes the kernel's design.
 
 Where it cannot be built (no compiler, no ninja, another platform) ``available()`` is ``False``, a one-line
 warning is issued once, and the layer falls back to the pure-PyTorch paths.
@@ -25,7 +26,9 @@ import torch
 from ..cache import cache_root
 from . import ops  # noqa: F401  (defines the operator schemas the library implements)
 
-SOURCE = Path(__file__).parent / "csrc" / "fff_cpu.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.cpp"))  # compiled separately, linked into one library
+HEADERS = sorted(CSRC.glob("*.h"))
 CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 
 _lock = threading.Lock()
@@ -33,21 +36,27 @@ _available: bool | None = None  # None: not tried yet
 _failure: str | None = None
 
 
-def _machine_key() -> str:
-    """Short hash of what the binary depends on: torch, Python, and the CPU's instruction-set flags."""
+def _build_key() -> str:
+    """Short hash of what the binary depends on: torch, Python, the CPU's instruction-set flags, the compiler
+    flags, and the name and content of every source and header."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    key = "|".join([torch.__version__, sys.version.split()[0], platform.machine(), flags])
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    key = hashlib.sha256("|".join([torch.__version__, sys.version.split()[0], platform.machine(), flags]).encode())
+    key.update(" ".join(CFLAGS).encode())
+    for path in [*SOURCES, *HEADERS]:
+        content = path.read_bytes()
+        key.update(f"|{path.name}:{len(content)}|".encode())
+        key.update(content)
+    return key.hexdigest()[:12]
 
 
 def build_directory() -> Path:
-    """Where the extension for this machine, Python and torch is compiled and cached."""
-    return cache_root() / f"fff_cpu-{_machine_key()}"
+    """Where the extension for this machine, Python, torch and kernel source is compiled and cached."""
+    return cache_root() / f"fff_cpu-{_build_key()}"
 
 
 def _build() -> None:
@@ -57,7 +66,7 @@ def _build() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name="ultrafastbert_fff_cpu",
-        sources=[str(SOURCE)],
+        sources=[str(source) for source in SOURCES],
         extra_cflags=CFLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),

@@ -1,0 +1,187 @@
+// Row kernels shared by the forward and the backward: dot products of tokens with weight rows, and weighted
+// sums of weight rows into output rows.
+//
+// Every dot product and every output row is summed in one fixed order whatever the number of tokens computed
+// beside it, so a token's result does not depend on which other tokens share its call.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "vec.h"
+
+namespace ultrafastbert::fff {
+
+#ifdef __AVX512F__
+constexpr int kMaxBlock = 8;  // tokens per dot-product pass: 2*8 accumulators + loads fit 32 registers
+#else
+constexpr int kMaxBlock = 4;  // tokens per dot-product pass: 2*4 accumulators + loads fit 16 registers
+#endif
+
+constexpr int64_t kChunk = 4 * kLanes;  // output columns kept in registers while weight rows stream through
+
+// z[b] = x[b] . w for B tokens sharing the weight row w, which is loaded once for all of them. Two
+// accumulator chains per token and one fixed reduction order, whatever B, so a token's logit does not depend
+// on the tokens computed beside it.
+template <int B, typename X, typename W>
+inline void dot_block(const X* const* x, const W* w, int64_t width, float* z) {
+  vfloat even[B];
+  vfloat odd[B];
+  for (int b = 0; b < B; ++b) even[b] = odd[b] = vfloat{};
+  int64_t h = 0;
+  for (; h + 2 * kLanes <= width; h += 2 * kLanes) {
+    const vfloat w0 = load(w + h);
+    const vfloat w1 = load(w + h + kLanes);
+    for (int b = 0; b < B; ++b) {
+      even[b] += load(x[b] + h) * w0;
+      odd[b] += load(x[b] + h + kLanes) * w1;
+    }
+  }
+  if (h + kLanes <= width) {
+    const vfloat w0 = load(w + h);
+    for (int b = 0; b < B; ++b) even[b] += load(x[b] + h) * w0;
+    h += kLanes;
+  }
+  for (int b = 0; b < B; ++b) {
+    float s = horizontal_sum(even[b] + odd[b]);
+    for (int64_t i = h; i < width; ++i) s += to_float(x[b][i]) * to_float(w[i]);
+    z[b] = s;
+  }
+}
+
+// z[b] = x[b] . w[b] for B tokens each on its own row: the same summation order as dot_block, with the B
+// rows' loads interleaved so that their cache misses overlap.
+template <int B, typename X, typename W>
+inline void dot_own_rows(const X* const* x, const W* const* w, int64_t width, float* z) {
+  vfloat even[B];
+  vfloat odd[B];
+  for (int b = 0; b < B; ++b) even[b] = odd[b] = vfloat{};
+  int64_t h = 0;
+  for (; h + 2 * kLanes <= width; h += 2 * kLanes) {
+    for (int b = 0; b < B; ++b) {
+      even[b] += load(x[b] + h) * load(w[b] + h);
+      odd[b] += load(x[b] + h + kLanes) * load(w[b] + h + kLanes);
+    }
+  }
+  if (h + kLanes <= width) {
+    for (int b = 0; b < B; ++b) even[b] += load(x[b] + h) * load(w[b] + h);
+    h += kLanes;
+  }
+  for (int b = 0; b < B; ++b) {
+    float s = horizontal_sum(even[b] + odd[b]);
+    for (int64_t i = h; i < width; ++i) s += to_float(x[b][i]) * to_float(w[b][i]);
+    z[b] = s;
+  }
+}
+
+// Dot products of `count` tokens (rows x[i]) with one shared weight row, kMaxBlock tokens per pass.
+template <typename X, typename W>
+inline void dot_shared_rows(const X* const* x, int64_t count, const W* w, int64_t width, float* z) {
+  int64_t i = 0;
+  for (; i + kMaxBlock <= count; i += kMaxBlock) dot_block<kMaxBlock>(x + i, w, width, z + i);
+  if constexpr (kMaxBlock > 4) {
+    if (i + 4 <= count) {
+      dot_block<4>(x + i, w, width, z + i);
+      i += 4;
+    }
+  }
+  if (i + 2 <= count) {
+    dot_block<2>(x + i, w, width, z + i);
+    i += 2;
+  }
+  if (i < count) dot_block<1>(x + i, w, width, z + i);
+}
+
+// Columns [h, end) (at most kChunk) of sum_j coef[j] * rows[j], handed to `emit(h, vector)` a vector at a
+// time and to `emit_scalar(h, value)` for a ragged tail.
+template <typename T, typename Emit, typename EmitScalar>
+inline void combine_chunk(const T* const* rows, const float* coef, int64_t count, int64_t h, int64_t end, Emit emit,
+                          EmitScalar emit_scalar) {
+  if (h + kChunk <= end) {
+    vfloat a0{};
+    vfloat a1{};
+    vfloat a2{};
+    vfloat a3{};
+    for (int64_t j = 0; j < count; ++j) {
+      const vfloat c = broadcast(coef[j]);
+      const T* r = rows[j] + h;
+      a0 += c * load(r);
+      a1 += c * load(r + kLanes);
+      a2 += c * load(r + 2 * kLanes);
+      a3 += c * load(r + 3 * kLanes);
+    }
+    emit(h, a0);
+    emit(h + kLanes, a1);
+    emit(h + 2 * kLanes, a2);
+    emit(h + 3 * kLanes, a3);
+    return;
+  }
+  for (; h + kLanes <= end; h += kLanes) {
+    vfloat a{};
+    for (int64_t j = 0; j < count; ++j) a += broadcast(coef[j]) * load(rows[j] + h);
+    emit(h, a);
+  }
+  for (; h < end; ++h) {
+    float a = 0.0f;
+    for (int64_t j = 0; j < count; ++j) a += coef[j] * to_float(rows[j][h]);
+    emit_scalar(h, a);
+  }
+}
+
+// Where a combined output row goes: out (+)= sum_j coef[j] * rows[j]. The float32 accumulator `acc` (may be
+// `out` itself for float32) is read when `accumulate`; the final value is rounded into `out` (streamed when
+// `stream`: written once and not read back soon, it need not evict the weights from cache).
+template <typename T>
+struct RowSink {
+  float* acc;
+  T* out;
+  bool accumulate;
+  bool final;
+  bool stream;
+};
+
+template <typename T>
+inline void sink_vector(const RowSink<T>& sink, int64_t c, vfloat v) {
+  if (sink.accumulate) v += load(sink.acc + c);
+  if (!sink.final) {
+    store(sink.acc + c, v);
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (sink.stream) {
+      store_stream(sink.out + c, v);
+    } else {
+      store(sink.out + c, v);
+    }
+  } else {
+    store(sink.out + c, v);
+  }
+}
+
+// Columns [h, end) (at most kChunk) of one output row into `sink`.
+template <typename W, typename T>
+inline void combine_into(const RowSink<T>& sink, const W* const* rows, const float* coef, int64_t count, int64_t h,
+                         int64_t end) {
+  auto emit = [&](int64_t c, vfloat v) { sink_vector(sink, c, v); };
+  auto emit_scalar = [&](int64_t c, float v) {
+    if (sink.accumulate) v += sink.acc[c];
+    if (sink.final) {
+      sink.out[c] = T(v);
+    } else {
+      sink.acc[c] = v;
+    }
+  };
+  combine_chunk(rows, coef, count, h, end, emit, emit_scalar);
+}
+
+// A float32 row into `out`, rounded once for bfloat16.
+inline void store_row(float* out, const float* y, int64_t width) {
+  if (out != y) std::memcpy(out, y, width * sizeof(float));
+}
+
+inline void store_row(bf16* out, const float* y, int64_t width) {
+  int64_t h = 0;
+  for (; h + kLanes <= width; h += kLanes) store(out + h, load(y + h));
+  for (; h < width; ++h) out[h] = bf16(y[h]);  // round to nearest even, once
+}
+
+}  // namespace ultrafastbert::fff
