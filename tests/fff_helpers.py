@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ultrafastbert import FFF
+from ultrafastbert.fff import kernels
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="compiled kernel unavailable on this machine")
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
@@ -20,6 +24,14 @@ def random_layer(width: int, depth: int, trees: int, dtype: torch.dtype = torch.
         layer.linear_in.bias.normal_(0.0, 0.5, generator=generator)
         layer.linear_out.weight.normal_(0.0, 0.1, generator=generator)
     return layer.to(dtype)
+
+
+def random_weights(
+    width: int, depth: int, trees: int, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``random_layer``'s ``(weight_in, bias_in, weight_out_t)`` as the ops take them."""
+    layer = random_layer(width, depth, trees, dtype=dtype, seed=seed)
+    return layer.linear_in.weight.detach(), layer.linear_in.bias.detach(), layer._weight_out_t()
 
 
 def random_input(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, seed: int = 1) -> torch.Tensor:

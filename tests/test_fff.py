@@ -52,6 +52,7 @@ def layer_shapes(draw):
     return depth, trees, width, lead
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(shape=layer_shapes(), seed=st.integers(0, 2**16))
 def test_paths_match_reference_float32(shape, seed):
@@ -60,6 +61,7 @@ def test_paths_match_reference_float32(shape, seed):
     assert_matches_reference(layer, random_input((*lead, width), seed=seed + 1))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(shape=layer_shapes(), seed=st.integers(0, 2**16))
 def test_paths_match_reference_bfloat16(shape, seed):
