@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# everything but the tests marked slow (fresh processes, torchrun, the demo, anything over ~10 s)
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not slow"
 
 demo: setup
 	$(VENV)/bin/ultrafastbert demo --budget-minutes 10 --output results/demo

@@ -64,6 +64,7 @@ def test_thread_passes_validates_counts():
         thread_passes((0,))
 
 
+@pytest.mark.slow
 def test_compiled_gather_is_checked_and_timed(tmp_path):
     config = LayerBenchConfig(tokens=(7,), train_tokens=(3,), width=16, depth=3, dense_width=32, repeats=2)
     report = run_layer_benchmark(config, output=tmp_path / "layer")
@@ -121,8 +122,8 @@ def test_shape_benchmark_times_every_trees_by_depth_shape(tmp_path):
     assert all(r["us_per_token"] > 0 for r in report["results"])
 
 
-def test_cli_runs_a_pass_per_thread_count_with_all(tmp_path):
-    from ultrafastbert.bench.layer import all_threads
+def test_cli_runs_a_pass_per_thread_count_with_all(tmp_path, capsys):
+    from ultrafastbert.bench.timing import all_threads
     from ultrafastbert.cli import main
 
     args = ["bench", "layer", "--tokens", "3", "--train-tokens", "--width", "16", "--depth", "2", "--repeats", "1"]
@@ -130,6 +131,8 @@ def test_cli_runs_a_pass_per_thread_count_with_all(tmp_path):
     assert main([*args, "--threads", "1", "all", "--no-compile", "--output", str(out)]) == 0
     saved = json.loads(out.with_suffix(".json").read_text())
     assert [p["threads"] for p in saved["passes"]] == list(dict.fromkeys([1, all_threads()]))
-    assert saved["config"]["compiled_gather"] is False
-    with pytest.raises(SystemExit, match="positive integers or 'all', not two"):
+    assert saved["config"]["compiled_gather"] is False and saved["config"]["repeats"] == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
         main([*args, "--threads", "two", "--output", str(out)])
+    assert "--threads: positive integers or 'all', not 'two'" in capsys.readouterr().err

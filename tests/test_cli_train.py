@@ -69,3 +69,14 @@ def test_pretrain_on_a_missing_corpus_file_fails_clearly(tmp_path):
     args = ["pretrain", "--output", str(tmp_path / "run"), "--corpus", str(tmp_path / "nope.txt"), "--max-steps", "1"]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         main([*args, "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_pretrain_flags_default_to_the_dataclasses():
+    from ultrafastbert.cli import build_parser
+    from ultrafastbert.flags import from_flags
+    from ultrafastbert.train.jobs import PretrainJob
+    from ultrafastbert.train.pretrain import PretrainConfig
+
+    args = build_parser(["pretrain"]).parse_args(["pretrain", "--output", "run", "--max-minutes", "5", "--bf16"])
+    job = from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args))
+    assert job == PretrainJob(output_dir="run", train=PretrainConfig(max_minutes=5.0, bf16=True))

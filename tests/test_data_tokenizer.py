@@ -8,13 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from ultrafastbert.data.corpus import normalize_text, write_corpus
-from ultrafastbert.data.tokenizer import (
-    SPECIAL_TOKENS,
-    load_tokenizer,
-    tokenizer_fingerprint,
-    tokenizer_for_corpus,
-    train_tokenizer,
-)
+from ultrafastbert.data.tokenizer import tokenizer_fingerprint, tokenizer_for_corpus, train_tokenizer
+from ultrafastbert.model.tokenizer import SPECIAL_TOKENS, load_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

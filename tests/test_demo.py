@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from ultrafastbert.data import DefaultData, TaskData, corpus_from_paths
 from ultrafastbert.data.tasks import Example
 from ultrafastbert.demo import DemoConfig, run_demo
@@ -37,6 +39,7 @@ def small_data(tmp_path) -> DefaultData:
     return DefaultData(corpus, tasks)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_writes_a_report(tmp_path):
     config = DemoConfig(
         budget_minutes=0.3, output_dir=str(tmp_path / "demo"), cache_dir=str(tmp_path / "cache"), vocab_size=80,
@@ -51,11 +54,32 @@ def test_demo_pipeline_writes_a_report(tmp_path):
     dense = [t["median"]["test"]["accuracy"] for t in saved["finetuning"]["dense"]]
     fff = [t["median"]["test"]["accuracy"] for t in saved["finetuning"]["fff"]]
     assert abs(saved["retention"] - (sum(fff) / len(fff)) / (sum(dense) / len(dense))) < 1e-12
+    # gain above majority: averaged over the tasks where dense beats the majority by more than its seed spread
+    gains = []
+    for d, f in zip(saved["finetuning"]["dense"], saved["finetuning"]["fff"], strict=True):
+        seeds = [s["metrics"]["test"]["accuracy"] for s in d["seeds"]]
+        majority = saved["majority_baseline"][d["task"]]
+        dense_gain = d["median"]["test"]["accuracy"] - majority
+        if dense_gain > max(seeds) - min(seeds) and dense_gain > 0:
+            gains.append((f["median"]["test"]["accuracy"] - majority) / dense_gain)
+    expected = sum(gains) / len(gains) if gains else None
+    assert saved["retention_gain_above_majority"] == (pytest.approx(expected) if gains else None)
     assert saved["pretraining"]["fff"]["name"] == "UltraFastBERT-1x3" and saved["pretraining"]["fff"]["steps"] >= 1
     assert saved["neurons_per_token"] == {"dense": 16, "fff": 4} and saved["neurons"]["fff"] == 15
     assert set(saved["layer_speed"]["demo_size"]) == {"1", "16"} and saved["layer_speed"]["paper_size"] is None
     assert len(saved["model_ms_batch8"]) == 3
     markdown = (out / "report.md").read_text()
     assert "Retention (FFF average / dense average)" in markdown and "| direction | accuracy |" in markdown
+    assert "Gain above majority" in markdown
     for plot in ("learning_curves.png", "task_scores.png", "speed.png"):
         assert (out / plot).stat().st_size > 0
+
+
+def test_demo_flags_build_the_demo_config():
+    from ultrafastbert.cli import build_parser
+    from ultrafastbert.flags import from_flags
+
+    argv = ["demo", "--budget-minutes", "2", "--output", "out", "--batch", "32", "--no-paper-size-bench"]
+    config = from_flags(DemoConfig, build_parser(["demo"]).parse_args(argv))
+    assert config == DemoConfig(budget_minutes=2.0, output_dir="out", final_batch=32, paper_size_bench=False)
+    assert config.finetune.lr == 2e-4  # the demo's own finetuning defaults, not FinetuneConfig's

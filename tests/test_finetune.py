@@ -48,6 +48,7 @@ def pretrained(tmp_path_factory):
     return folder, tokenizer
 
 
+@pytest.mark.slow
 def test_classifier_learns_a_three_label_task(pretrained, tmp_path):
     folder, tokenizer = pretrained
     rng = random.Random(0)
@@ -73,6 +74,7 @@ def test_classifier_learns_a_three_label_task(pretrained, tmp_path):
     assert "| topics | accuracy |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_regression_with_one_label_learns_a_score(pretrained):
     folder, tokenizer = pretrained
     rng = random.Random(1)

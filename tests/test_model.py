@@ -28,7 +28,7 @@ from ultrafastbert import (
     CrammedBertForTokenClassification,
     CrammedBertModel,
 )
-from ultrafastbert.model.checkpoint import save_original
+from ultrafastbert.model.convert import save_original
 
 VOCAB, MAX_LEN = 50, 12
 

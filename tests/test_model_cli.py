@@ -12,9 +12,9 @@ import torch
 
 from ultrafastbert.bench.model import ModelBenchConfig, run_model_benchmark
 from ultrafastbert.cli import main
-from ultrafastbert.model import CrammedBertForMaskedLM, CrammedBertForSequenceClassification
-from ultrafastbert.model.checkpoint import checkpoint_format
-from ultrafastbert.model.inference import classify, fill_mask, load_tokenizer
+from ultrafastbert.model import CrammedBertForMaskedLM, CrammedBertForSequenceClassification, load_tokenizer
+from ultrafastbert.model.convert import checkpoint_format
+from ultrafastbert.model.inference import classify, fill_mask
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -76,3 +76,16 @@ def test_model_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     assert all(set(r["components_ms"]) == {"embeddings", "attention", "feedforward", "head", "other"}
                for r in report["results"])
     assert set(report["ratios"]) == {"1", "2"} and all(len(table) == 3 for table in report["ratios"].values())
+
+
+def test_model_benchmark_command_line(tmp_path: Path) -> None:
+    args = ["bench", "model", "--batches", "1", "--seq-len", "8", "--layers", "1", "--hidden", "16", "--heads", "2"]
+    args += ["--vocab", "40", "--dense-intermediate", "32", "--fff-depth", "2", "--head", "mlm", "--repeats", "1"]
+    threads = torch.get_num_threads()
+    assert main([*args, "--component-repeats", "1", "--threads", "1", "--output", str(tmp_path / "model")]) == 0
+    assert torch.get_num_threads() == threads  # restored after the run
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert written["config"]["head"] == "mlm" and written["config"]["batches"] == [1]
+    assert written["machine"]["torch_threads"] == 1
+    names = {r["name"] for r in written["results"]}
+    assert {"UltraFastBERT-1x2 default (fast)", "crammedBERT dense (GELUglu 32)"} <= names

@@ -21,7 +21,7 @@ from transformers import (
 
 import ultrafastbert  # noqa: F401  (registers the Auto classes)
 from ultrafastbert.model import CrammedBertConfig, convert_checkpoint
-from ultrafastbert.model.checkpoint import checkpoint_format
+from ultrafastbert.model.convert import checkpoint_format
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MLM_FIXTURES = ["mlm_fff_1x3", "mlm_fff_2x2", "mlm_dense_gluglu", "mlm_dense_gelu"]
@@ -59,16 +59,27 @@ def test_masked_lm_fixture_matches_original_outputs(name: str) -> None:
     assert model.decoder.weight is model.encoder.embedding.word_embedding.weight
 
 
+# The CPU capability (``torch.backends.cpu.get_cpu_capability()``) of the machine that ran the original code to
+# record the fixtures' outputs. Matrix products take other BLAS kernels on other instruction sets, whose float32
+# sums round differently: bit-identity can only be asked of the same kernels.
+RECORDING_CPU_CAPABILITY = "AVX512"
+
+
 @pytest.mark.parametrize("name", ["mlm_fff_1x3", "mlm_fff_2x2"])
 def test_reference_path_with_eager_attention_is_bit_identical_to_original(name: str) -> None:
-    """Same operations in the same order as the original: not a single bit differs."""
+    """Same operations in the same order as the original: not a single bit differs on a CPU of the recording
+    machine's kind; elsewhere only the BLAS kernels' float32 rounding may differ (a few units in the last place)."""
     model = AutoModelForMaskedLM.from_pretrained(
         FIXTURES / name, attn_implementation="eager", fff_impl="reference"
     ).eval()
     want = expected(name)
     with torch.no_grad():
         logits = model(want["input_ids"], want["attention_mask"]).logits
-    assert torch.equal(logits, want["logits"])
+    if torch.backends.cpu.get_cpu_capability() == RECORDING_CPU_CAPABILITY:
+        assert torch.equal(logits, want["logits"])
+    else:
+        ulp = torch.finfo(torch.float32).eps * want["logits"].abs().max().item()
+        assert max_error(logits, want["logits"]) <= 8 * ulp
 
 
 @pytest.mark.parametrize("name", MLM_FIXTURES[:2] + CLS_FIXTURES[:1])

@@ -57,6 +57,7 @@ def trainer(output: Path, steps: int = 6, run_config: dict | None = None, lr: fl
     )
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_lowers_validation_loss(tmp_path):
     run = trainer(tmp_path, steps=200, lr=3e-2)
     before = run.evaluate()
@@ -108,6 +109,7 @@ def test_replaced_accuracy_leaves_out_the_copyable_tokens():
     assert metrics["val_accuracy_replaced"] == 0.0
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = ["--steps", "12"]
     uninterrupted = run_script(str(tmp_path / "a"), *steps)
@@ -132,6 +134,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert max_difference(final_weights(killed_dir), final_weights(tmp_path / "a")) == 0.0
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_twice_the_micro_batch(tmp_path):
     one = run_script(str(tmp_path / "one"), "--steps", "4", "--micro-batch", "4", "--final-batch", "8")
     assert one.returncode == 0, one.stderr

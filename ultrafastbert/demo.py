@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,15 @@ from typing import Any
 import torch
 
 from .bench.layer import LayerBenchConfig, run_layer_benchmark
-from .bench.timing import machine_info, time_callable
+from .bench.timing import Rounds, TimedCall, machine_info, time_interleaved
 from .cache import cache_root
 from .data import DefaultData, MLMCollator, packed_dataset, prepare_default_data, tokenizer_for_corpus
-from .fff import kernels
+from .fff import kernels, neurons_per_token, nodes_per_tree
 from .model.configuration import CrammedBertConfig
 from .model.modeling import CrammedBertForMaskedLM
-from .train.finetune import FinetuneConfig, TaskResult, capped, finetune_task
+from .study.retention import TaskScores
+from .study.retention import retention as compare_to_dense
+from .train.finetune import FinetuneConfig, TaskResult, finetune_task, majority_baseline
 from .train.pretrain import PretrainConfig, Pretrainer
 
 
@@ -51,42 +53,59 @@ class DemoConfig:
     """Sizes chosen so both models see several million tokens on 2 CPU cores in a few minutes: at hidden 128 and
     2 layers a step of 64 x 128 tokens takes ~0.2 s, while wider models learn too little in the budget."""
 
-    budget_minutes: float = 10.0
-    output_dir: str = "results/demo"
-    cache_dir: str | None = None
-    vocab_size: int = 8192
-    seq_len: int = 128
-    hidden_size: int = 128
-    layers: int = 2
-    heads: int = 2
-    dense_width: int = 512
-    fff_trees: int = 1
-    fff_depth: int = 8
-    tasks: tuple[str, ...] = ("wn-pos", "wn-supersense", "wn-sense-match", "fortune-topic")
-    pretrain_share: float = 0.55  # of the budget left after data preparation, split evenly between the models
-    micro_batch: int = 32
+    budget_minutes: float = field(default=10.0, metadata={"help": "wall-clock budget of the whole job"})
+    output_dir: str = field(
+        default="results/demo", metadata={"flag": "--output", "help": "folder for the report, plots and both runs"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)"}
+    )
+    vocab_size: int = field(default=8192, metadata={"help": "vocabulary of the tokenizer trained on the corpus"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    hidden_size: int = field(default=128, metadata={"help": "hidden size of both models"})
+    layers: int = field(default=2, metadata={"help": "transformer layers of both models"})
+    heads: int = field(default=2, metadata={"help": "attention heads of both models"})
+    dense_width: int = field(default=512, metadata={"help": "crammedBERT's feedforward width"})
+    fff_trees: int = field(default=1, metadata={"help": "UltraFastBERT's FFF trees"})
+    fff_depth: int = field(default=8, metadata={"help": "UltraFastBERT's FFF depth"})
+    tasks: tuple[str, ...] = field(
+        default=("wn-pos", "wn-supersense", "wn-sense-match", "fortune-topic"),
+        metadata={"help": "local tasks to finetune and score on"},
+    )
+    pretrain_share: float = field(
+        default=0.55,
+        metadata={"help": "share of the budget left after data preparation spent pretraining, split between models"},
+    )
+    micro_batch: int = field(default=32, metadata={"help": "pretraining sequences per forward pass"})
     # chosen on pretraining validation MLM loss of whole demo runs (2.7 min per model, dense / FFF): batch 64 at
     # lr 3e-3 gave 6.05 / 5.95 and 6.02 / 6.13 in two runs, batch 128 at 5e-3 6.27 / 6.13; earlier 2-minute runs
     # ranked lr 1e-3/batch 256 last (6.67). Small models in short runs want a higher rate and more steps.
-    final_batch: int = 64
-    lr: float = 3e-3
-    seed: int = 0
+    final_batch: int = field(
+        default=64, metadata={"flag": "--batch", "help": "final pretraining sequences per optimizer step"}
+    )
+    lr: float = field(default=3e-3, metadata={"help": "peak pretraining learning rate"})
+    seed: int = field(default=0, metadata={"help": "seeds pretraining (weights, order, masks)"})
     finetune: FinetuneConfig = field(default_factory=_demo_finetune_defaults)
-    bench_tokens: tuple[int, ...] = (1, 128, 4096)
-    paper_size_bench: bool = True  # also time the published layer size (768, FF-3072 vs FFF 1x11)
+    bench_tokens: tuple[int, ...] = field(
+        default=(1, 128, 4096), metadata={"help": "token counts of the layer timings"}
+    )
+    paper_size_bench: bool = field(
+        default=True,
+        metadata={"help": "leave out the timing of the published layer size (768, FF-3072 vs FFF 1x11)"},
+    )
 
-    def model_configs(self, vocab_size: int) -> dict[str, Any]:
-        sizes = {"hidden_size": self.hidden_size, "num_hidden_layers": self.layers, "num_attention_heads": self.heads}
+    def model_configs(self, vocab_size: int) -> dict[str, CrammedBertConfig]:
+        """The two models: the tiny presets at this config's sizes."""
+        sizes = {
+            "vocab_size": vocab_size,
+            "max_position_embeddings": self.seq_len,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+        }
         return {
-            "dense": CrammedBertConfig.from_preset(
-                f"tiny-crammed-bert-{self.dense_width}", vocab_size=vocab_size, max_position_embeddings=self.seq_len, **sizes
-            ),
-            "fff": CrammedBertConfig.from_preset(
-                f"tiny-ufb-{self.fff_trees}x{self.fff_depth}",
-                vocab_size=vocab_size,
-                max_position_embeddings=self.seq_len,
-                **sizes,
-            ),
+            "dense": CrammedBertConfig.from_preset(f"tiny-crammed-bert-{self.dense_width}", **sizes),
+            "fff": CrammedBertConfig.from_preset(f"tiny-ufb-{self.fff_trees}x{self.fff_depth}", **sizes),
         }
 
 
@@ -137,28 +156,25 @@ def _sequences_seen(run_dir: Path) -> int:
 
 
 def _model_speed(model_dirs: dict[str, str], config: DemoConfig, batch: int = 8) -> dict[str, float]:
-    """Median ms of an inference forward (batch x seq_len) of each pretrained model; FFF also with the reference."""
-    timings = {}
+    """Median ms of an inference forward (batch x seq_len) of each pretrained model, FFF also with the masking
+    reference, all timed together in interleaved rounds."""
+    calls = []
     generator = torch.Generator().manual_seed(0)
     for name, folder in model_dirs.items():
         model = CrammedBertForMaskedLM.from_pretrained(folder).eval()
         ids = torch.randint(7, model.config.vocab_size, (batch, config.seq_len), generator=generator)
         impls = ["auto", "reference"] if model.config.ffn_type == "fff" else ["auto"]
         for impl in impls:
-            model.set_fff_impl(impl)
-            with torch.no_grad():
-                timing = time_callable(lambda m=model, i=ids: m(input_ids=i), min_seconds=1.0)
             label = name if impl == "auto" else f"{name} (masking reference)"
-            timings[label] = timing.median_s * 1e3
-    return timings
+            forward = functools.partial(model, input_ids=ids)
+            calls.append(TimedCall(label, forward, prepare=functools.partial(model.set_fff_impl, impl)))
+    with torch.no_grad():
+        timings = time_interleaved(calls, Rounds(min_rounds=3, max_rounds=1000, min_seconds=1.0 * len(calls)))
+    return {label: timing.median_s * 1e3 for label, timing in timings.items()}
 
 
-def majority_baseline(task: Any, split: str, finetune: FinetuneConfig) -> float:
-    """Accuracy of always predicting the (capped) training set's most frequent label: what "learned nothing" scores."""
-    train = capped(task.train, finetune.max_train_examples)
-    evaluation = capped(task.evaluation_splits()[split], finetune.max_eval_examples)
-    majority = Counter(example.label for example in train).most_common(1)[0][0]
-    return sum(example.label == majority for example in evaluation) / max(len(evaluation), 1)
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _average(results: list[TaskResult], split: str) -> float:
@@ -224,20 +240,34 @@ def run_demo(config: DemoConfig, data: DefaultData | None = None) -> dict[str, A
 
     split = "test" if all("test" in r.median for r in finetuning["fff"]) else "validation"
     retention = _average(finetuning["fff"], split) / _average(finetuning["dense"], split)
+    majority = {name: majority_baseline(task, split, config.finetune) for name, task in tasks.items()}
+    scores = {
+        key: [
+            TaskScores(r.task, tuple(s.metrics[split][r.main_metric] for s in r.seeds), majority[r.task])
+            for r in results
+        ]
+        for key, results in finetuning.items()
+    }
+    gain = compare_to_dense(scores["fff"], scores["dense"])
     report = {
         "machine": machine_info(),
         "config": asdict(config),
         "budget_minutes": config.budget_minutes,
         "preparation_minutes": preparation_minutes,
         "total_minutes": None,
-        "neurons_per_token": {"dense": config.dense_width, "fff": config.fff_trees * (config.fff_depth + 1)},
-        "neurons": {"dense": config.dense_width, "fff": config.fff_trees * (2 ** (config.fff_depth + 1) - 1)},
+        "neurons_per_token": {
+            "dense": config.dense_width,
+            "fff": neurons_per_token(config.fff_depth, config.fff_trees),
+        },
+        "neurons": {"dense": config.dense_width, "fff": config.fff_trees * nodes_per_tree(config.fff_depth)},
         "pretraining": pretraining,
         "finetuning": {name: [asdict(r) for r in results] for name, results in finetuning.items()},
         "score_split": split,
         "retention": retention,
+        "retention_gain_above_majority": gain.gain,
+        "informative_tasks": list(gain.informative_tasks),
         "task_summaries": {name: task.summary() for name, task in tasks.items()},
-        "majority_baseline": {name: majority_baseline(task, split, config.finetune) for name, task in tasks.items()},
+        "majority_baseline": majority,
         "layer_speed": {"demo_size": _speedups(layer_demo), "paper_size": _speedups(layer_paper)},
         "model_ms_batch8": model_ms,
     }
@@ -298,7 +328,11 @@ def format_report(report: dict[str, Any], finetuning: dict[str, list[TaskResult]
         )
     lines += [
         "",
-        f"**Retention (FFF average / dense average): {100 * report['retention']:.1f}%** (paper: >= 96% on GLUE).",
+        f"**Retention (FFF average / dense average): {100 * report['retention']:.1f}%** (paper: >= 96% on GLUE). "
+        f"**Gain above majority: {_percent(report['retention_gain_above_majority'])}**: (FFF - majority) / "
+        "(dense - majority), averaged over the tasks where the dense model beats the majority class by more than "
+        f"its seed spread ({', '.join(report['informative_tasks']) or 'none'}). Two models that learned nothing "
+        "both score the majority class, so raw retention near 100% says little on its own.",
         "",
         "## Speed (forward, no grad, median ms)",
         "",
@@ -351,9 +385,16 @@ def plot_report(report: dict[str, Any], finetuning: dict[str, list[TaskResult]],
     for offset, key in ((-width / 2, "dense"), (width / 2, "fff")):
         values = [100 * r.median[split][r.main_metric] for r in finetuning[key]]
         ax.bar([i + offset for i in range(len(names))], values, width, label=report["pretraining"][key]["name"])
+    for index, name in enumerate(names):
+        majority = 100 * report["majority_baseline"][name]
+        ax.hlines(majority, index - 0.45, index + 0.45, colors="black", linestyles="dashed")
+    ax.plot([], [], color="black", linestyle="dashed", label="majority class")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(f"median score ({split}), %")
-    ax.set_title(f"Finetuning; FFF retains {100 * report['retention']:.1f}% of the dense average")
+    ax.set_title(
+        f"Finetuning: FFF retains {100 * report['retention']:.1f}% of the dense average, "
+        f"{_percent(report['retention_gain_above_majority'])} of its gain above majority"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "task_scores.png", dpi=110)

@@ -1,8 +1,9 @@
 """Layer benchmark: dense feedforward vs every FFF execution path, side by side in one process.
 
-Methodology (``../shared/DESIGN.md`` §5): random normal inputs, every FFF path checked against the masking
-reference before it is timed, warm-up, median of repeats, fixed threads (one pass per requested thread count),
-JSON with machine facts, and a plot.
+Method (``benchmarks/README.md``): random normal inputs, every FFF path checked against the masking reference
+before it is timed, the candidates of each mode and token count timed together in interleaved rounds
+(``timing.time_interleaved``: warm-up, medians), fixed threads (one pass per requested thread count), JSON with
+machine facts, and a plot.
 
 The candidates: dense ``Linear-GELU-Linear`` at 3072 and at as many hidden units as the tree has nodes; the masking
 reference (what the original trains and ships); the paper-style gather/BMM walk (per level, each token gathers
@@ -13,31 +14,62 @@ the kernel.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..fff import FFF, kernels
+from ..fff import FFF, kernels, neurons_per_token
 from ..fff.sparse import walk_forward
-from .timing import Timing, machine_info, time_callable
+from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, thread_count, time_interleaved
 
 
 @dataclass
 class LayerBenchConfig:
-    tokens: tuple[int, ...] = (1, 128, 16384)
-    width: int = 768
-    depth: int = 11
-    trees: int = 1
-    dense_width: int = 3072
-    threads: tuple[int, ...] = ()  # one pass per thread count; () = one pass at torch's current setting
-    repeats: int | None = None
-    train_tokens: tuple[int, ...] = (128, 4096)
-    compiled_gather: bool = True  # time the gather walk through torch.compile (compiles once per token count)
-    seed: int = 0
+    tokens: tuple[int, ...] = field(default=(1, 128, 16384), metadata={"help": "token counts of the forward timings"})
+    width: int = field(default=768, metadata={"help": "features in and out"})
+    depth: int = field(default=11, metadata={"help": "FFF tree depth"})
+    trees: int = field(default=1, metadata={"help": "FFF trees"})
+    dense_width: int = field(default=3072, metadata={"help": "hidden units of the dense baseline"})
+    threads: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "type": thread_count,
+            "help": "one pass per thread count, in order; 'all' = every logical core (default: torch's own setting)",
+        },
+    )
+    repeats: int | None = field(default=None, metadata={"help": "timed rounds (default: adaptive)"})
+    min_rounds: int = field(default=3, metadata={"help": "adaptive: at least this many rounds"})
+    max_rounds: int = field(default=1000, metadata={"help": "adaptive: at most this many rounds"})
+    seconds_per_candidate: float = field(
+        default=0.3, metadata={"help": "adaptive: timed seconds per candidate in a group, at least"}
+    )
+    warmup: int = field(default=2, metadata={"help": "untimed calls of each candidate first"})
+    train_tokens: tuple[int, ...] = field(
+        default=(128, 4096),
+        metadata={"nargs": "*", "help": "token counts for the training-step (forward + backward) timings"},
+    )
+    compiled_gather: bool = field(
+        default=True,
+        metadata={
+            "flag": "--no-compile",
+            "help": "leave out the torch.compile'd gather walk (it compiles once per token count)",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seeds weights and inputs"})
+
+    def rounds(self, candidates: int) -> Rounds:
+        """The round limits for a group of ``candidates`` timed together."""
+        return Rounds(
+            repeats=self.repeats,
+            min_rounds=self.min_rounds,
+            max_rounds=self.max_rounds,
+            min_seconds=self.seconds_per_candidate * candidates,
+            warmup=self.warmup,
+        )
 
 
 @dataclass
@@ -144,39 +176,37 @@ def check_against_reference(candidates: list[Candidate], x: Tensor) -> dict[str,
     return skipped
 
 
-def _measurement(candidate: Candidate, mode: str, x: Tensor, timing: Timing) -> Measurement:
-    """A timing as a result row, with the thread count it ran under."""
-    median_ms, min_ms = timing.median_s * 1e3, timing.min_s * 1e3
-    return Measurement(candidate.name, mode, x.shape[0], median_ms, min_ms, timing.repeats, torch.get_num_threads())
+def measure(candidates: list[Candidate], mode: str, x: Tensor, rounds: Rounds) -> list[Measurement]:
+    """Time ``candidates`` on ``x`` together, in interleaved rounds. ``"forward"``: the plain module call, as a user
+    makes it inside ``torch.no_grad()`` (entered once, not per call); ``"train"``: forward and backward."""
+    if mode == "forward":
+        calls = [TimedCall(c.name, functools.partial(c.module, x), c.prepare) for c in candidates]
+        with torch.no_grad():
+            timings = time_interleaved(calls, rounds)
+    else:
+        upstream = torch.randn_like(x)
+        x = x.detach().requires_grad_(True)
+
+        def step(module: nn.Module) -> None:
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            (module(x) * upstream).sum().backward()
+
+        calls = [TimedCall(c.name, functools.partial(step, c.module), c.prepare) for c in candidates]
+        timings = time_interleaved(calls, rounds)
+    return [
+        Measurement(name, mode, x.shape[0], t.median_s * 1e3, t.min_s * 1e3, t.repeats, t.threads)
+        for name, t in timings.items()
+    ]
 
 
-def measure_forward(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
-    """Times the plain module call, as a user makes it inside ``torch.no_grad()`` (entered once, not per call)."""
-    candidate.prepare()
-    module = candidate.module
-    with torch.no_grad():
-        timing = time_callable(lambda: module(x), **_repeat_limits(repeats))
-    return _measurement(candidate, "forward", x, timing)
-
-
-def measure_train_step(candidate: Candidate, x: Tensor, repeats: int | None) -> Measurement:
-    upstream = torch.randn_like(x)
-    x = x.detach().requires_grad_(True)
-
-    candidate.prepare()
-
-    def step() -> None:
-        candidate.module.zero_grad(set_to_none=True)
-        x.grad = None
-        (candidate.module(x) * upstream).sum().backward()
-
-    timing = time_callable(step, **_repeat_limits(repeats))
-    return _measurement(candidate, "train", x, timing)
-
-
-def all_threads() -> int:
-    """The logical cores this process may run on ("all threads")."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _measure_mode(candidates: list[Candidate], mode: str, x: Tensor, config: LayerBenchConfig) -> list[Measurement]:
+    """The candidates that run ``mode``, timed together on ``x``; each result printed as it comes."""
+    group = [c for c in candidates if mode in c.modes]
+    measurements = measure(group, mode, x, config.rounds(len(group)))
+    for measurement in measurements:
+        print(_progress_line(measurement), flush=True)
+    return measurements
 
 
 def thread_passes(requested: tuple[int, ...]) -> list[int]:
@@ -187,22 +217,17 @@ def thread_passes(requested: tuple[int, ...]) -> list[int]:
     return passes
 
 
-def _repeat_limits(repeats: int | None) -> dict[str, float]:
-    if repeats is None:
-        return {}
-    return {"min_seconds": 0.0, "min_repeats": repeats, "max_repeats": repeats}
-
-
 def measure_gemm_gflops(width: int, hidden: int, tokens: int = 4096) -> float:
     """Achieved GFLOP/s of a large sgemm: the machine's practical compute ceiling for the floor estimate."""
     a, b = torch.randn(tokens, width), torch.randn(width, hidden)
-    timing = time_callable(lambda: a @ b, min_seconds=0.5)
+    rounds = Rounds(min_rounds=3, max_rounds=1000, min_seconds=0.5)
+    timing = time_interleaved([TimedCall("sgemm", lambda: a @ b)], rounds)["sgemm"]
     return 2 * tokens * width * hidden / timing.median_s / 1e9
 
 
 def fff_useful_flops(tokens: int, width: int, depth: int, trees: int) -> int:
     """One dot product (logit) and one axpy (output) of ``width`` per visited node."""
-    return tokens * trees * (depth + 1) * 4 * width
+    return tokens * neurons_per_token(depth, trees) * 4 * width
 
 
 def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
@@ -223,13 +248,9 @@ def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = No
             print(f"[{threads} threads]", flush=True)
             for x in inputs.values():
                 skipped.update(check_against_reference(candidates, x))
-                for candidate in (c for c in candidates if "forward" in c.modes):
-                    results.append(measure_forward(candidate, x, config.repeats))
-                    print(_progress_line(results[-1]), flush=True)
+                results += _measure_mode(candidates, "forward", x, config)
             for x in train_inputs.values():
-                for candidate in (c for c in candidates if "train" in c.modes):
-                    results.append(measure_train_step(candidate, x, config.repeats))
-                    print(_progress_line(results[-1]), flush=True)
+                results += _measure_mode(candidates, "train", x, config)
             gflops = measure_gemm_gflops(config.width, config.dense_width)
             floor = {
                 str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
@@ -242,6 +263,7 @@ def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = No
     report = {
         "benchmark": "layer",
         "machine": machine,
+        "timing": TIMING_METHOD,
         "config": asdict(config),
         "passes": passes,
         "skipped": skipped,
@@ -341,23 +363,6 @@ def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
     plt.close(fig)
 
 
-def _time_shape(trees: int, depth: int, width: int, x: Tensor) -> dict:
-    """One row of the trees-vs-depth view: the default path checked against the reference, then timed."""
-    layer = FFF(width, depth, trees)
-    candidates = [Candidate("reference", layer, "reference"), Candidate("default", layer, "auto")]
-    check_against_reference(candidates, x)
-    measurement = measure_forward(candidates[1], x, None)
-    return {
-        "trees": trees,
-        "depth": depth,
-        "neurons": layer.linear_in.out_features,
-        "neurons_per_token": layer.neurons_per_token,
-        "path": layer.resolve_impl(x),
-        "median_ms": measurement.median_ms,
-        "us_per_token": measurement.median_ms * 1e3 / x.shape[0],
-    }
-
-
 def run_shape_benchmark(
     shapes: tuple[tuple[int, int], ...] = ((1, 11), (2, 10), (4, 9), (8, 8), (16, 7)),
     width: int = 768,
@@ -366,18 +371,45 @@ def run_shape_benchmark(
     output: str | Path | None = None,
 ) -> dict:
     """Trees vs depth at (nearly) equal total neurons (1x11, 2x10, ... all hold ~4095): forward ms per token of the
-    default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference."""
+    default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference, all
+    timed together in interleaved rounds."""
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(tokens, width)
+    layers = {f"{trees}x{depth}": FFF(width, depth, trees) for trees, depth in shapes}
     try:
-        rows = [_time_shape(trees, depth, width, x) for trees, depth in shapes]
+        defaults = []
+        for name, layer in layers.items():
+            default = Candidate(name, layer, "auto")
+            check_against_reference([Candidate(f"{name} reference", layer, "reference"), default], x)
+            defaults.append(default)
+        rounds = LayerBenchConfig().rounds(len(defaults))
+        timed = {m.name: m for m in measure(defaults, "forward", x, rounds)}
         machine = machine_info()
     finally:
         torch.set_num_threads(previous_threads)
-    report = {"benchmark": "layer-shapes", "machine": machine, "width": width, "tokens": tokens, "results": rows}
+    rows = [
+        {
+            "trees": layer.trees,
+            "depth": layer.depth,
+            "neurons": layer.linear_in.out_features,
+            "neurons_per_token": layer.neurons_per_token,
+            "path": layer.resolve_impl(x),
+            "median_ms": timed[name].median_ms,
+            "us_per_token": timed[name].median_ms * 1e3 / tokens,
+        }
+        for name, layer in layers.items()
+    ]
+    report = {
+        "benchmark": "layer-shapes",
+        "machine": machine,
+        "timing": TIMING_METHOD,
+        "width": width,
+        "tokens": tokens,
+        "results": rows,
+    }
     lines = ["| trees x depth | neurons | used per token | path | ms | us per token |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(

@@ -1,29 +1,31 @@
 """Whole-model benchmark: forward throughput of crammedBERT (dense), UltraFastBERT with the original masking
 FFF and with our default path, and ``transformers``' BERT, side by side in one process, split per component.
 
-Methodology (``../shared/DESIGN.md`` §5): random weights (published init) and random token ids, the fast FFF path
-checked against the masking reference on the very input it is timed on, warm-up, median of repeats, fixed and
-reported threads, JSON with machine facts and load averages, and a plot. Candidates are timed in interleaved
-rounds, so that a busy shared machine slows all of them alike. Components are timed in a second pass with forward
-hooks (so the headline numbers carry no hook overhead), as shares of the headline time; "other" is the rest
-(LayerNorms, residuals, masks, input checks).
+Method (``benchmarks/README.md``): random weights (published init) and random token ids, the fast FFF path checked
+against the masking reference on the very input it is timed on, all candidates timed together in interleaved rounds
+(``timing.time_interleaved``: warm-up, medians), fixed and reported threads, JSON with machine facts and load
+averages, and a plot. Components are timed in a second pass with forward hooks (so the headline numbers carry no
+hook overhead), as shares of the headline time; "other" is the rest (LayerNorms, residuals, masks, input checks).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .timing import machine_info
+from ..fff import FFF
+from ..model import CrammedBertConfig, CrammedBertForMaskedLM, CrammedBertForSequenceClassification
+from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, thread_count, time_interleaved
 
 COMPONENTS = ("embeddings", "attention", "feedforward", "head", "other")
 
@@ -32,24 +34,32 @@ COMPONENTS = ("embeddings", "attention", "feedforward", "head", "other")
 class ModelBenchConfig:
     """Shapes default to the published models: 16 layers, hidden 768, 12 heads, vocab 32768, sequence 128."""
 
-    batches: tuple[int, ...] = (1, 8)
-    seq_len: int = 128
-    layers: int = 16
-    hidden: int = 768
-    heads: int = 12
-    vocab: int = 32768
-    dense_intermediate: int = 3072
-    fff_trees: int = 1
-    fff_depth: int = 11
-    head: str = "classification"  # or "mlm": the 32768-way decoder
-    threads: int | None = None
-    repeats: int | None = None  # fixed number of timed rounds; None: adaptive (min_rounds .. max_rounds)
-    min_rounds: int = 5
-    max_rounds: int = 100
-    min_seconds: float = 5.0
-    warmup: int = 2
-    component_repeats: int = 3
-    seed: int = 0
+    batches: tuple[int, ...] = field(default=(1, 8), metadata={"help": "batch sizes (sequences per forward)"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    layers: int = field(default=16, metadata={"help": "transformer layers"})
+    hidden: int = field(default=768, metadata={"help": "hidden size"})
+    heads: int = field(default=12, metadata={"help": "attention heads"})
+    vocab: int = field(default=32768, metadata={"help": "vocabulary size"})
+    dense_intermediate: int = field(default=3072, metadata={"help": "crammedBERT's GELUglu feedforward width"})
+    fff_trees: int = field(default=1, metadata={"help": "UltraFastBERT's FFF trees"})
+    fff_depth: int = field(default=11, metadata={"help": "UltraFastBERT's FFF depth"})
+    head: Literal["classification", "mlm"] = field(
+        default="classification", metadata={"help": "the model's head; mlm: the vocabulary-wide decoder"}
+    )
+    threads: int | None = field(
+        default=None, metadata={"type": thread_count, "help": "torch threads, or 'all' (default: torch's own)"}
+    )
+    repeats: int | None = field(default=None, metadata={"help": "timed rounds (default: adaptive)"})
+    min_rounds: int = field(default=5, metadata={"help": "adaptive: at least this many rounds"})
+    max_rounds: int = field(default=100, metadata={"help": "adaptive: at most this many rounds"})
+    min_seconds: float = field(default=5.0, metadata={"help": "adaptive: timed seconds per batch size, at least"})
+    warmup: int = field(default=2, metadata={"help": "untimed forwards of each candidate first"})
+    component_repeats: int = field(default=3, metadata={"help": "rounds of the component split (with hooks)"})
+    seed: int = field(default=0, metadata={"help": "seeds weights and token ids"})
+
+    @property
+    def rounds(self) -> Rounds:
+        return Rounds(self.repeats, self.min_rounds, self.max_rounds, self.min_seconds, self.warmup)
 
 
 @dataclass
@@ -87,8 +97,6 @@ def build_candidates(config: ModelBenchConfig) -> list[Candidate]:
     and ``transformers.BertModel`` with the bert-base config at the same depth."""
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    from ..model import CrammedBertConfig, CrammedBertForMaskedLM, CrammedBertForSequenceClassification
-
     shared = {
         "vocab_size": config.vocab,
         "hidden_size": config.hidden,
@@ -97,10 +105,8 @@ def build_candidates(config: ModelBenchConfig) -> list[Candidate]:
         "max_position_embeddings": config.seq_len,
     }
     model_class = CrammedBertForMaskedLM if config.head == "mlm" else CrammedBertForSequenceClassification
-    dense_config = CrammedBertConfig(
-        **shared, ffn_type="dense", hidden_act="gelu_glu", intermediate_size=config.dense_intermediate
-    )
-    fff_config = CrammedBertConfig(**shared, ffn_type="fff", fff_trees=config.fff_trees, fff_depth=config.fff_depth)
+    dense_config = CrammedBertConfig.from_preset("crammed-bert", **shared, intermediate_size=config.dense_intermediate)
+    fff_config = CrammedBertConfig.from_preset(f"ufb-{config.fff_trees}x{config.fff_depth}", **shared)
     dense, fff = model_class(dense_config), model_class(fff_config)
     bert_config = BertConfig(
         vocab_size=config.vocab,
@@ -110,11 +116,10 @@ def build_candidates(config: ModelBenchConfig) -> list[Candidate]:
         intermediate_size=4 * config.hidden,
     )
     bert = BertForMaskedLM(bert_config) if config.head == "mlm" else BertModel(bert_config)
-    fff_name = f"UltraFastBERT-{config.fff_trees}x{config.fff_depth}"
     return [
-        Candidate(f"crammedBERT dense (GELUglu {config.dense_intermediate})", dense, _crammed_components(dense)),
-        Candidate(f"{fff_name} masking reference", fff, _crammed_components(fff), fff_impl="reference"),
-        Candidate(f"{fff_name} default (fast)", fff, _crammed_components(fff), fff_impl="auto"),
+        Candidate(f"crammedBERT dense (GELUglu {dense_config.intermediate_size})", dense, _crammed_components(dense)),
+        Candidate(f"{fff_config.name} masking reference", fff, _crammed_components(fff), fff_impl="reference"),
+        Candidate(f"{fff_config.name} default (fast)", fff, _crammed_components(fff), fff_impl="auto"),
         Candidate("BERT-base config (transformers BertModel)", bert, _bert_components(bert)),
     ]
 
@@ -189,10 +194,12 @@ class ComponentTimer:
 def measure_batch(
     candidates: list[Candidate], input_ids: Tensor, mask: Tensor, config: ModelBenchConfig
 ) -> list[ModelMeasurement]:
-    """Time all candidates on one batch in interleaved rounds (each round runs every candidate once, in rotating
-    order), so that load changing on a shared machine hits all of them alike. Then the component split, again
+    """Time all candidates on one batch together in interleaved rounds. Then the component split, again
     interleaved, with hooks attached only around the run they measure: each component's median share of its
     run, applied to the headline median (shares are steadier than absolute times when the load changes)."""
+    calls = [TimedCall(c.name, functools.partial(c.run, input_ids, mask), c.prepare) for c in candidates]
+    with torch.no_grad():
+        timings = time_interleaved(calls, config.rounds)
 
     def forward(candidate: Candidate) -> float:
         candidate.prepare()
@@ -201,19 +208,6 @@ def measure_batch(
             candidate.run(input_ids, mask)
             return time.perf_counter() - started
 
-    for candidate in candidates:
-        for _ in range(config.warmup):
-            forward(candidate)
-    samples: dict[str, list[float]] = {c.name: [] for c in candidates}
-    min_rounds = config.repeats if config.repeats is not None else config.min_rounds
-    max_rounds = config.repeats if config.repeats is not None else config.max_rounds
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - started < config.min_seconds):
-        shift = rounds % len(candidates)
-        for candidate in candidates[shift:] + candidates[:shift]:
-            samples[candidate.name].append(forward(candidate))
-        rounds += 1
     shares: dict[str, dict[str, list[float]]] = {c.name: {name: [] for name in COMPONENTS} for c in candidates}
     for _ in range(config.component_repeats):
         for candidate in candidates:
@@ -228,7 +222,8 @@ def measure_batch(
     batch, seq_len = input_ids.shape
     results = []
     for candidate in candidates:
-        median = statistics.median(samples[candidate.name])
+        timing = timings[candidate.name]
+        median = timing.median_s
         share = {name: max(statistics.median(values), 0.0) for name, values in shares[candidate.name].items()}
         norm = sum(share.values())
         results.append(
@@ -237,8 +232,8 @@ def measure_batch(
                 batch=batch,
                 tokens=batch * seq_len,
                 median_ms=median * 1e3,
-                min_ms=min(samples[candidate.name]) * 1e3,
-                repeats=len(samples[candidate.name]),
+                min_ms=timing.min_s * 1e3,
+                repeats=timing.repeats,
                 tokens_per_second=batch * seq_len / median,
                 components_ms={name: median * 1e3 * value / norm for name, value in share.items()},
             )
@@ -261,9 +256,28 @@ def ratios(
 
 
 def run_model_benchmark(config: ModelBenchConfig, output: str | Path | None = None) -> dict:
-    """Time every candidate at every batch size, print a table and write ``<output>.json`` / ``.png``."""
+    """Time every candidate at every batch size, print a table and write ``<output>.json`` / ``.png``. Torch's
+    thread count is set for the run only."""
+    previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    try:
+        report = _time_models(config)
+    finally:
+        torch.set_num_threads(previous_threads)
+    print()
+    print(format_table(report))
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_model_report(report, output.with_suffix(".png"))
+        print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+    return report
+
+
+def _time_models(config: ModelBenchConfig) -> dict:
+    """The report of one run: machine facts, the checks, the measurements and the ratios."""
     torch.manual_seed(config.seed)
     candidates = build_candidates(config)
     for candidate in candidates:
@@ -280,14 +294,15 @@ def run_model_benchmark(config: ModelBenchConfig, output: str | Path | None = No
             results.append(measurement)
             print(_progress_line(measurement), flush=True)
     fast.prepare()
-    fff_layer = next(m for m in fast.model.modules() if type(m).__name__ == "FFF")
+    fff_layer = next(m for m in fast.model.modules() if isinstance(m, FFF))
     with torch.no_grad():
         resolved = fff_layer.resolve_impl(torch.zeros(1, config.hidden))
-    report = {
+    return {
         "benchmark": "model",
         "machine": machine_info(),
         # 1/5/15-minute load averages around the run: above the thread count, other processes competed for cores
         "load_average": {"before": load_before, "after": os.getloadavg()},
+        "timing": TIMING_METHOD,
         "config": asdict(config),
         "fff_default_path_resolves_to": resolved,
         "fast_vs_reference_relative_error": checks,
@@ -296,15 +311,6 @@ def run_model_benchmark(config: ModelBenchConfig, output: str | Path | None = No
         # the same from the fastest run of each: less sensitive to other processes on a shared machine
         "ratios_of_minima": ratios(results, candidates, "min_ms"),
     }
-    print()
-    print(format_table(report))
-    if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_model_report(report, output.with_suffix(".png"))
-        print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
-    return report
 
 
 def _progress_line(m: ModelMeasurement) -> str:
@@ -370,45 +376,3 @@ def plot_model_report(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's command-line options (shared by ``benchmarks/model.py`` and any CLI wiring)."""
-    defaults = ModelBenchConfig()
-    parser.add_argument("--batches", type=int, nargs="+", default=list(defaults.batches))
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--layers", type=int, default=defaults.layers)
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
-    parser.add_argument("--heads", type=int, default=defaults.heads)
-    parser.add_argument("--vocab", type=int, default=defaults.vocab)
-    parser.add_argument("--dense-intermediate", type=int, default=defaults.dense_intermediate)
-    parser.add_argument("--fff-trees", type=int, default=defaults.fff_trees)
-    parser.add_argument("--fff-depth", type=int, default=defaults.fff_depth)
-    parser.add_argument("--head", choices=("classification", "mlm"), default=defaults.head)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: adaptive)")
-    parser.add_argument("--output", default="benchmarks/results/model", help="path prefix for .json and .png")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    config = ModelBenchConfig(
-        batches=tuple(args.batches),
-        seq_len=args.seq_len,
-        layers=args.layers,
-        hidden=args.hidden,
-        heads=args.heads,
-        vocab=args.vocab,
-        dense_intermediate=args.dense_intermediate,
-        fff_trees=args.fff_trees,
-        fff_depth=args.fff_depth,
-        head=args.head,
-        threads=args.threads,
-        repeats=args.repeats,
-    )
-    run_model_benchmark(config, output=args.output)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))

@@ -1,4 +1,9 @@
-"""Timing and machine facts shared by the benchmarks (methodology: ``../shared/DESIGN.md`` §5)."""
+"""The one timing method of every benchmark, and the machine facts reported beside its numbers.
+
+Candidates are timed in interleaved rounds: each round calls every candidate once, in an order rotated by one per
+round, so that load changing on a shared machine slows all of them alike; each candidate's median resists the
+outliers, and its minimum is reported too. Method and analysis: ``benchmarks/README.md``.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,96 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+# Written into every benchmark's JSON beside the round limits it used.
+TIMING_METHOD = "interleaved rounds (each calls every candidate once, order rotated per round); median and min"
+
+
+@dataclass
+class TimedCall:
+    """One candidate: ``call`` is timed; ``prepare`` runs untimed before every call (e.g. to select the FFF path
+    of a module that candidates share)."""
+
+    name: str
+    call: Callable[[], object]
+    prepare: Callable[[], object] | None = None
+
+
+@dataclass
+class Rounds:
+    """How many rounds to time: ``repeats`` exactly if set; otherwise at least ``min_rounds`` and ``min_seconds``
+    of timed rounds, at most ``max_rounds``. Each candidate is first called ``warmup`` times, untimed."""
+
+    repeats: int | None = None
+    min_rounds: int = 5
+    max_rounds: int = 100
+    min_seconds: float = 1.0
+    warmup: int = 2
+
 
 @dataclass
 class Timing:
-    """Wall-clock seconds of one callable: median of ``repeats`` runs after warm-up."""
+    """Wall-clock seconds of one candidate's calls, and the conditions they ran under."""
 
     median_s: float
     min_s: float
-    repeats: int
+    repeats: int  # timed calls: one per round
+    threads: int  # torch threads during the rounds
+    candidates: int  # how many candidates shared the rounds
 
 
-def time_callable(
-    fn: Callable[[], object],
-    min_seconds: float = 0.3,
-    min_repeats: int = 3,
-    max_repeats: int = 1000,
-    warmup: int = 2,
-) -> Timing:
-    """Run ``fn`` ``warmup`` times, then repeat it until ``min_seconds`` have passed (at least ``min_repeats``
-    times, at most ``max_repeats``) and return the median; medians resist the noise of a shared machine."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
+def time_interleaved(calls: Sequence[TimedCall], rounds: Rounds) -> dict[str, Timing]:
+    """Time ``calls`` in interleaved rounds (see the module docstring); ``{name: Timing}`` in the order given."""
+    names = [call.name for call in calls]
+    if len(set(names)) != len(names):
+        raise ValueError(f"candidate names must differ: {names}")
+
+    def timed(candidate: TimedCall) -> float:
+        if candidate.prepare is not None:
+            candidate.prepare()
+        started = time.perf_counter()
+        candidate.call()
+        return time.perf_counter() - started
+
+    for candidate in calls:
+        for _ in range(rounds.warmup):
+            timed(candidate)
+    fixed = rounds.repeats is not None
+    min_rounds = rounds.repeats if fixed else rounds.min_rounds
+    max_rounds = rounds.repeats if fixed else rounds.max_rounds
+    min_seconds = 0.0 if fixed else rounds.min_seconds
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    order = list(calls)
+    done = 0
     started = time.perf_counter()
-    while len(samples) < max_repeats and (len(samples) < min_repeats or time.perf_counter() - started < min_seconds):
-        begin = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - begin)
-    return Timing(median_s=statistics.median(samples), min_s=min(samples), repeats=len(samples))
+    while done < max_rounds and (done < min_rounds or time.perf_counter() - started < min_seconds):
+        for candidate in order:
+            samples[candidate.name].append(timed(candidate))
+        order = order[1:] + order[:1]
+        done += 1
+    threads = torch.get_num_threads()
+    return {
+        name: Timing(statistics.median(values), min(values), len(values), threads, len(calls))
+        for name, values in samples.items()
+    }
+
+
+def all_threads() -> int:
+    """The logical cores this process may run on ("all threads")."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_count(value: str) -> int:
+    """A thread count from the command line: a positive integer, or ``all`` for ``all_threads()``."""
+    if value == "all":
+        return all_threads()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"positive integers or 'all', not {value!r}")
+    return int(value)
 
 
 def _cpu_model() -> str:
@@ -54,9 +116,11 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict[str, object]:
-    """What a reader needs to interpret the numbers: CPU, cores, threads used, library versions, date."""
+    """What a reader needs to interpret the numbers: CPU and its vector instruction set as torch sees it (the
+    kernel's speed depends on it: AVX-512 or AVX2), cores, threads used, library versions, date."""
     return {
         "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

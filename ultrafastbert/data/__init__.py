@@ -26,7 +26,7 @@ from .tasks import (
     load_glue_task,
     load_local_task,
 )
-from .tokenizer import SPECIAL_TOKENS, load_tokenizer, tokenizer_for_corpus, train_tokenizer
+from .tokenizer import tokenizer_for_corpus, train_tokenizer
 
 
 @dataclass
@@ -59,7 +59,6 @@ __all__ = [
     "DEFAULT_PACKAGES",
     "GLUE_TASKS",
     "LOCAL_TASKS",
-    "SPECIAL_TOKENS",
     "Corpus",
     "DefaultData",
     "Example",
@@ -80,7 +79,6 @@ __all__ = [
     "load_corpus",
     "load_glue_task",
     "load_local_task",
-    "load_tokenizer",
     "mask_tokens",
     "normalize_text",
     "packed_dataset",

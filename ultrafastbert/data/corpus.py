@@ -1,6 +1,6 @@
 """Pretraining text: source parsers and cleaners -> documents -> a cached, normalised corpus on disk.
 
-The default corpus is real English from four Debian packages (``../shared/DATA.md``): GCIDE (Webster 1913 and
+The default corpus is real English from four Debian packages (``docs/data.md``): GCIDE (Webster 1913 and
 additions), WordNet glosses, FOLDOC and fortunes. Each parser turns its package's own file format into plain
 documents; :func:`normalize_text` then applies the original recipe's normalisation (lowercase, accents stripped,
 ASCII only), the same one the tokenizer's normalizer applies. A corpus on disk is one text file per source, one

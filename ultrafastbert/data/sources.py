@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..cache import cache_root
 
-# the four packages of the default corpus (../shared/DATA.md) and where each keeps its text
+# the four packages of the default corpus (``docs/data.md``) and where each keeps its text
 DEFAULT_PACKAGES = ("dict-gcide", "wordnet-base", "dict-foldoc", "fortunes")
 _COMPLETE_MARKER = ".unpacked"
 _NO_DEBIAN_HINT = (

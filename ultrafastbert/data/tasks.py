@@ -1,4 +1,4 @@
-"""Finetuning tasks: GLUE from its distributed TSV files and the local real tasks of ``../shared/DATA.md``.
+"""Finetuning tasks: GLUE from its distributed TSV files and the local real tasks of ``docs/data.md``.
 
 Every task becomes one :class:`TaskData` (examples, label names, metric names), so finetuning and evaluation code
 never sees a file format. GLUE's test labels are not public, so GLUE tasks are evaluated on their dev files; the

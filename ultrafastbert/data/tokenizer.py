@@ -15,20 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from ..model.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILE, load_tokenizer
 from .corpus import ASCII_WHITESPACE, Corpus
 
-# ids follow this order: <pad> = 0, <cls> = 1, <sep> = 2, <mask> = 3, <unk> = 4, <s> = 5, </s> = 6
-SPECIAL_TOKENS = {
-    "pad_token": "<pad>",
-    "cls_token": "<cls>",
-    "sep_token": "<sep>",
-    "mask_token": "<mask>",
-    "unk_token": "<unk>",
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-}
 DEFAULT_VOCAB_SIZE = 32768
 TOKENIZER_FORMAT_VERSION = 1
 
@@ -103,14 +94,6 @@ def train_tokenizer(
     return wrapped
 
 
-def load_tokenizer(path: Path | str) -> PreTrainedTokenizerFast:
-    """A saved tokenizer folder (ours or any ``AutoTokenizer`` folder, e.g. a published checkpoint's)."""
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {path}")
-    return AutoTokenizer.from_pretrained(str(path))
-
-
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
     """Hash of the full tokenizer definition (vocabulary, normaliser, templates): part of every cache key."""
     definition = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -130,7 +113,7 @@ def tokenizer_for_corpus(
     """
     cache = Path(cache_dir) if cache_dir is not None else corpus.root
     folder = cache / "tokenizers" / f"wordpiece-v{TOKENIZER_FORMAT_VERSION}-{corpus.content_hash}-{vocab_size}"
-    if (folder / "tokenizer.json").is_file():
+    if (folder / TOKENIZER_FILE).is_file():
         return load_tokenizer(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run

@@ -2,7 +2,7 @@
 
 from . import kernels, ops
 from .layer import FFF, IMPLEMENTATIONS, check_impl
-from .reference import fff_reference, nodes_per_tree, visited_nodes_reference
+from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_backward, walk_forward
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "check_impl",
     "fff_reference",
     "kernels",
+    "neurons_per_token",
     "nodes_per_tree",
     "ops",
     "sparse_fff",

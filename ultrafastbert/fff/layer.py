@@ -1,11 +1,11 @@
 """The fast feedforward (FFF) layer: ``K`` balanced binary trees of neurons, one root-to-leaf path per token.
 
-One module, several execution paths with one semantics (``../shared/DESIGN.md`` §1), chosen by ``impl``:
+One module, several execution paths with one semantics (``docs/design.md`` §1), chosen by ``impl``:
 
 - ``"reference"``: dense masking computation of the original code; the oracle.
 - ``"sparse"``: pure-PyTorch conditional forward + backward touching only the visited nodes (training).
 - ``"walk"``: pure-PyTorch conditional forward without autograd bookkeeping (inference only).
-- ``"kernel"``: the compiled CPU kernel (``csrc/fff_cpu.cpp`` via ``torch.ops.ultrafastbert``), float32 and
+- ``"kernel"``: the compiled CPU kernel (``csrc/``, called through the typed wrappers of ``ops``), float32 and
   bfloat16, forward and backward; inference uses a forward that saves nothing for backward.
 - ``"auto"`` (default): the fastest correct path for the device, dtype and grad mode: ``"kernel"`` on CPU for
   float32/bfloat16 when the kernel is built, else ``"sparse"`` (with grad) or ``"walk"`` (without).
@@ -17,19 +17,20 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels, ops
-from .reference import fff_reference, nodes_per_tree, visited_nodes_reference
+from .ops import KERNEL_DTYPES
+from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_forward
 
 IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 _KERNEL_IMPLS = ("auto", "kernel")  # impls whose inference runs the kernel when it can
 
 
-def check_impl(impl: str) -> str:
-    """``impl`` if it names an FFF execution path (``IMPLEMENTATIONS``), else a ``ValueError`` listing them."""
+def check_impl(impl: str, name: str = "FFF impl") -> str:
+    """``impl`` if it names an FFF execution path (``IMPLEMENTATIONS``), else a ``ValueError`` that calls it
+    ``name`` (e.g. the config field) and lists them."""
     if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown FFF impl {impl!r}; choose one of {IMPLEMENTATIONS}")
+        raise ValueError(f"unknown {name} {impl!r}; choose one of {IMPLEMENTATIONS}")
     return impl
 
 
@@ -73,7 +74,7 @@ class FFF(nn.Module):
     @property
     def neurons_per_token(self) -> int:
         """Neurons each token evaluates: one per tree level per tree."""
-        return self.trees * (self.depth + 1)
+        return neurons_per_token(self.depth, self.trees)
 
     def reset_parameters(self) -> None:
         """Published-model initialisation: ``N(0, init_std)`` weights, zero bias."""

@@ -22,6 +22,11 @@ def nodes_per_tree(depth: int) -> int:
     return 2 ** (depth + 1) - 1
 
 
+def neurons_per_token(depth: int, trees: int = 1) -> int:
+    """Neurons one token evaluates: one per level of each of the ``trees`` trees."""
+    return trees * (depth + 1)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic is carried out in: float32 for reduced-precision inputs, else the input's own."""
     return torch.float32 if dtype in REDUCED_PRECISION else dtype

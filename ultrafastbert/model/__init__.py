@@ -9,8 +9,9 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .checkpoint import CheckpointError, convert_checkpoint
 from .configuration import MODEL_TYPE, CrammedBertConfig
+from .convert import convert_checkpoint
+from .loading import CheckpointError
 from .modeling import (
     CrammedBertForMaskedLM,
     CrammedBertForSequenceClassification,
@@ -18,7 +19,7 @@ from .modeling import (
     CrammedBertModel,
     CrammedBertPreTrainedModel,
 )
-from .tokenizer import CrammedBertTokenizer
+from .tokenizer import CrammedBertTokenizer, load_tokenizer
 
 
 def register_auto_classes() -> None:
@@ -43,5 +44,6 @@ __all__ = [
     "CrammedBertPreTrainedModel",
     "CrammedBertTokenizer",
     "convert_checkpoint",
+    "load_tokenizer",
     "register_auto_classes",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from ..fff import check_impl
+from ..fff import check_impl, neurons_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +99,12 @@ _SUPPORTED_ARCH_VALUES: dict[tuple[str, ...], object] = {
 
 @strict
 class CrammedBertConfig(PretrainedConfig):
-    """Architecture of a crammedBERT-family model (DESIGN §2); defaults are UltraFastBERT-1x11-long.
+    """Architecture of a crammedBERT-family model (``docs/design.md``); defaults are UltraFastBERT-1x11-long.
 
     ``ffn_type="fff"`` gives UltraFastBERT-``{fff_trees}x{fff_depth}``; ``ffn_type="dense"`` gives crammedBERT
-    with an ``intermediate_size`` feedforward (``hidden_act="gelu_glu"``: gated, output half as wide).
+    with an ``intermediate_size`` feedforward (``hidden_act="gelu_glu"``: gated, output half as wide);
+    ``ffn_type="none"`` leaves the feedforward sub-layer out (attention-only blocks: a baseline, not a published
+    model, so it has no original-format ``arch``).
     ``fff_impl`` picks the FFF execution path (``"auto"``: conditional inference without grad, sparse training
     with grad; ``"reference"``: the original dense masking computation, for checks). With ``arch`` (the original
     nested dict), the values it defines take precedence over flat fields passed alongside it.
@@ -115,7 +117,7 @@ class CrammedBertConfig(PretrainedConfig):
     num_hidden_layers: int = 16
     num_attention_heads: int = 12
     max_position_embeddings: int = 128
-    ffn_type: Literal["fff", "dense"] = "fff"
+    ffn_type: Literal["fff", "dense", "none"] = "fff"
     fff_trees: int = 1
     fff_depth: int = 11
     fff_impl: str = "auto"
@@ -166,7 +168,7 @@ class CrammedBertConfig(PretrainedConfig):
                 raise ValueError(f"need fff_trees >= 1 and fff_depth >= 0, got {self.fff_trees}, {self.fff_depth}")
             if self.hidden_act != "gelu":
                 raise ValueError(f"FFF layers use GELU; hidden_act={self.hidden_act!r} is for dense feedforwards")
-        check_impl(self.fff_impl)
+        check_impl(self.fff_impl, name="fff_impl")
         if self.ffn_type == "dense" and self.hidden_act == "gelu_glu" and self.intermediate_size % 2:
             raise ValueError(f"gelu_glu splits the intermediate features in two: {self.intermediate_size} is odd")
 
@@ -181,10 +183,23 @@ class CrammedBertConfig(PretrainedConfig):
         """Human-readable architecture name, e.g. ``UltraFastBERT-1x11`` or ``crammedBERT-3072``."""
         if self.ffn_type == "fff":
             return f"UltraFastBERT-{self.fff_trees}x{self.fff_depth}"
+        if self.ffn_type == "none":
+            return "crammedBERT-noFF"
         return f"crammedBERT-{self.intermediate_size}"
+
+    @property
+    def ff_neurons_per_token(self) -> int:
+        """Feedforward neurons each token evaluates per layer: ``K*(D+1)`` for an FFF, the width for a dense FF."""
+        if self.ffn_type == "fff":
+            return neurons_per_token(self.fff_depth, self.fff_trees)
+        if self.ffn_type == "none":
+            return 0
+        return self.intermediate_size
 
     def to_arch(self) -> dict[str, Any]:
         """The original nested architecture dict (as in the published ``model_config.json``) for this config."""
+        if self.ffn_type == "none":
+            raise ValueError("a model without feedforward layers has no original-format architecture")
         ffn: dict[str, Any]
         if self.ffn_type == "fff":
             ffn = {"intermed_type": "fff", "intermed_size": self.fff_trees, "intermed_depth": self.fff_depth}

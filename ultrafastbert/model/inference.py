@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .modeling import CrammedBertForMaskedLM, CrammedBertForSequenceClassification
 
@@ -27,11 +26,6 @@ class ClassPrediction:
 
     label: str | None
     score: float
-
-
-def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint folder's own tokenizer (``tokenizer.json`` + original special tokens)."""
-    return AutoTokenizer.from_pretrained(str(folder))
 
 
 @torch.inference_mode()

@@ -1,10 +1,10 @@
-"""crammedBERT / UltraFastBERT models (DESIGN §2), in data-flow order: embeddings -> attention -> layer ->
+"""crammedBERT / UltraFastBERT models (``docs/design.md``), in data-flow order: embeddings -> attention -> layer ->
 encoder -> heads.
 
 Module and parameter names are those of the published checkpoints (``encoder.layers.N.attn.self_attention.
 query_key_value.weight``, ``encoder.layers.N.ffn.linear_in.weight``, ...), so their state dicts load unchanged;
 only the configuration and the tied ``decoder.weight`` copy differ between the original and the clean format
-(see ``checkpoint.py``). Shapes: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``C`` labels.
+(see ``convert.py``). Shapes: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``C`` labels.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from transformers.modeling_outputs import (
 
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
+from .loading import check_loading_info, check_tied_decoder_copy
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
 
 
-class ScaledSinusoidalPositions(nn.Module):
+class CrammedBertScaledSinusoidalPositions(nn.Module):
     """Sine on even, cosine on odd features of ``position * exp(-ln(10000) * 2i / H)``, times one learned scalar
     ``scale_factor``. The table is recomputed per device rather than stored: it is a function of the shape only."""
 
@@ -61,13 +62,13 @@ class ScaledSinusoidalPositions(nn.Module):
         return scale * self.table(scale.device)[:seq_len].to(scale.dtype)
 
 
-class CrammedEmbedding(nn.Module):
+class CrammedBertEmbeddings(nn.Module):
     """Word embedding + scaled sinusoidal positions, LayerNorm, dropout. No token types."""
 
     def __init__(self, config: CrammedBertConfig) -> None:
         super().__init__()
         self.word_embedding = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.pos_embedding = ScaledSinusoidalPositions(config.hidden_size, config.max_position_embeddings)
+        self.pos_embedding = CrammedBertScaledSinusoidalPositions(config.hidden_size, config.max_position_embeddings)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.embedding_dropout_prob)
 
@@ -76,7 +77,7 @@ class CrammedEmbedding(nn.Module):
         return self.dropout(self.norm(embeds))
 
 
-class SelfAttention(nn.Module):
+class CrammedBertSelfAttention(nn.Module):
     """Multi-head self-attention with one fused, per-head-interleaved QKV projection and no biases.
 
     ``query_key_value`` rows are grouped by head: its output viewed as ``(B, S, heads, 3*head_dim)`` splits into
@@ -115,19 +116,19 @@ class SelfAttention(nn.Module):
         return context.transpose(1, 2).reshape(batch, seq_len, hidden)
 
 
-class AttentionComponent(nn.Module):
+class CrammedBertAttention(nn.Module):
     """Self-attention followed by its output projection ``dense`` (no bias)."""
 
     def __init__(self, config: CrammedBertConfig) -> None:
         super().__init__()
-        self.self_attention = SelfAttention(config)
+        self.self_attention = CrammedBertSelfAttention(config)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
         return self.dense(self.self_attention(hidden_states, attention_bias))
 
 
-class GatedGELU(nn.Module):
+class CrammedBertGatedGELU(nn.Module):
     """``GELUglu``: the first half of the features times GELU of the second half (the original's order)."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,7 +136,7 @@ class GatedGELU(nn.Module):
         return F.gelu(gate) * value
 
 
-class FFNComponent(nn.Module):
+class CrammedBertFeedForward(nn.Module):
     """Dense feedforward of crammedBERT: ``dense_in`` (H -> I), GELU or gated GELU, ``dense_out`` (I or I/2 -> H)."""
 
     def __init__(self, config: CrammedBertConfig) -> None:
@@ -143,22 +144,24 @@ class FFNComponent(nn.Module):
         gated = config.hidden_act == "gelu_glu"
         intermediate = config.intermediate_size
         self.dense_in = nn.Linear(config.hidden_size, intermediate, bias=False)
-        self.nonlin = GatedGELU() if gated else nn.GELU()
+        self.nonlin = CrammedBertGatedGELU() if gated else nn.GELU()
         self.dense_out = nn.Linear(intermediate // 2 if gated else intermediate, config.hidden_size, bias=False)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.dense_out(self.nonlin(self.dense_in(hidden_states)))
 
 
-class CrammedLayer(nn.Module):
-    """Pre-LayerNorm transformer layer: ``x + drop(attn(norm1(x)))``, then ``x + drop(ffn(norm2(x)))``."""
+class CrammedBertLayer(nn.Module):
+    """Pre-LayerNorm transformer layer: ``x + drop(attn(norm1(x)))``, then ``x + drop(ffn(norm2(x)))`` (left out
+    when ``ffn_type="none"``)."""
 
     def __init__(self, config: CrammedBertConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = AttentionComponent(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.ffn: nn.Module
+        self.attn = CrammedBertAttention(config)
+        self.ffn: nn.Module | None = None
+        if config.ffn_type != "none":
+            self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         if config.ffn_type == "fff":
             self.ffn = FFF(
                 config.hidden_size,
@@ -167,12 +170,14 @@ class CrammedLayer(nn.Module):
                 impl=config.fff_impl,
                 init_std=config.initializer_range,
             )
-        else:
-            self.ffn = FFNComponent(config)
+        elif config.ffn_type == "dense":
+            self.ffn = CrammedBertFeedForward(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
         hidden_states = hidden_states + self.dropout(self.attn(self.norm1(hidden_states), attention_bias))
+        if self.ffn is None:
+            return hidden_states
         return hidden_states + self.dropout(self.ffn(self.norm2(hidden_states)))
 
 
@@ -183,22 +188,22 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
     config: CrammedBertConfig
     base_model_prefix = "encoder"
     _supports_sdpa = True
-    _no_split_modules = ["CrammedLayer"]
+    _no_split_modules = ["CrammedBertLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The original init: ``N(0, initializer_range)`` linear/embedding weights (FFF included), zero biases,
         unit LayerNorms; plus the two non-standard tensors."""
         super()._init_weights(module)
-        if isinstance(module, ScaledSinusoidalPositions):
+        if isinstance(module, CrammedBertScaledSinusoidalPositions):
             init.constant_(module.scale_factor, module.hidden_size**-0.5)
-        elif isinstance(module, SelfAttention):
+        elif isinstance(module, CrammedBertSelfAttention):
             init.constant_(module.norm_factor, module.head_dim**-0.5)
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
-        """``set_attn_implementation`` works: ``SelfAttention`` reads ``config._attn_implementation`` at each call
-        (``transformers`` guesses otherwise from the source, looking for its own attention interface)."""
+        """``set_attn_implementation`` works: ``CrammedBertSelfAttention`` reads ``config._attn_implementation`` at
+        each call (``transformers`` guesses otherwise from the source, looking for its own attention interface)."""
         return True
 
     def set_fff_impl(self, impl: str) -> None:
@@ -214,8 +219,6 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing backbone keys,
         keys that belong to no crammedBERT model, mis-shaped keys and a tied ``decoder.weight`` copy that differs
         from the word embedding raise ``CheckpointError`` naming them (``transformers`` only warns)."""
-        from .checkpoint import check_loading_info, check_tied_decoder_copy
-
         check_tied_decoder_copy(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
@@ -235,8 +238,8 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
 
     def __init__(self, config: CrammedBertConfig) -> None:
         super().__init__(config)
-        self.embedding = CrammedEmbedding(config)
-        self.layers = nn.ModuleList([CrammedLayer(config) for _ in range(config.num_hidden_layers)])
+        self.embedding = CrammedBertEmbeddings(config)
+        self.layers = nn.ModuleList([CrammedBertLayer(config) for _ in range(config.num_hidden_layers)])
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -360,7 +363,7 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
 
-class Pooler(nn.Module):
+class CrammedBertPooler(nn.Module):
     """Pool the sequence (``zero_index``: first token; ``avg``: mean over all positions, padding included, as
     in the original), then ``dense`` (H -> classifier_hidden_size, with bias), Tanh, dropout."""
 
@@ -385,7 +388,7 @@ class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.encoder = CrammedBertModel(config)
-        self.pooler = Pooler(config)
+        self.pooler = CrammedBertPooler(config)
         self.head = nn.Linear(config.classifier_hidden_size, config.num_labels)
         self.post_init()
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..model.checkpoint import CheckpointError
+from ..model.loading import CheckpointError
 
 WEIGHTS = "model.safetensors"
 STATE_TENSORS = "training_state.safetensors"

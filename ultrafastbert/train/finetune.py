@@ -1,6 +1,6 @@
 """Finetuning and evaluation of sequence classifiers (GLUE and the local tasks), several seeds, median reported.
 
-Defaults are the crammedBERT GLUE recipe (``../shared/DESIGN.md`` §3): lr 4e-5, batch 16, 5 epochs, cosine
+Defaults are the crammedBERT GLUE recipe (``docs/design.md``): lr 4e-5, batch 16, 5 epochs, cosine
 schedule with 10% warm-up, no weight decay. ``max_train_examples``/``max_eval_examples`` cap the data for runs on
 a time budget; the caps and the sizes actually used are recorded with the results.
 """
@@ -12,10 +12,12 @@ import math
 import random
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -30,17 +32,17 @@ from .optim import build_adamw
 
 @dataclass
 class FinetuneConfig:
-    lr: float = 4e-5
-    batch_size: int = 16
-    epochs: float = 5.0
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.0
-    dropout: float = 0.1
-    max_length: int = 128
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    eval_batch_size: int = 64
+    lr: float = field(default=4e-5, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
+    epochs: float = field(default=5.0, metadata={"help": "passes over the training set (fractions allowed)"})
+    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with a rising learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout of embeddings, layers and classifier"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={"help": "one run per seed; medians reported"})
+    max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples per task"})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "cap on evaluation examples per split"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation forward pass"})
 
 
 @dataclass
@@ -89,6 +91,18 @@ def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConf
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def majority_baseline(task: TaskData, split: str, config: FinetuneConfig) -> float:
+    """The main metric of always answering the (capped) training set's most frequent label: what a model that
+    learned nothing scores. 0 for regression (a constant prediction has no correlation with the labels)."""
+    if task.is_regression:
+        return 0.0
+    train = capped(task.train, config.max_train_examples)
+    evaluation = capped(task.evaluation_splits()[split], config.max_eval_examples)
+    majority = Counter(example.label for example in train).most_common(1)[0][0]
+    labels = np.array([example.label for example in evaluation])
+    return compute_metrics(task.metric_names[:1], np.full_like(labels, majority), labels)[task.metric_names[0]]
 
 
 def capped(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:

@@ -20,7 +20,6 @@ from ..data import (
     MLMCollator,
     corpus_from_paths,
     load_glue_task,
-    load_tokenizer,
     packed_dataset,
     prepare_default_data,
     tokenizer_for_corpus,
@@ -28,7 +27,10 @@ from ..data import (
 from ..data.corpus import Corpus
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task
 from ..model.configuration import CrammedBertConfig
+from ..model.convert import model_class_for
+from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertForMaskedLM
+from ..model.tokenizer import load_tokenizer
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
 from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
 from .pretrain import PretrainConfig, Pretrainer, mlm_metrics
@@ -40,15 +42,23 @@ logger = logging.getLogger(__name__)
 class PretrainJob:
     """Everything ``ultrafastbert pretrain`` needs; ``corpus`` empty means the embedded default corpus."""
 
-    output_dir: str
-    preset: str = "tiny-ufb-1x8"
-    corpus: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
-    vocab_size: int = 32768
-    seq_len: int = 128
-    cache_dir: str | None = None
-    resume: bool = False
-    device: str = "auto"
+    output_dir: str = field(metadata={"flag": "--output", "help": "run folder: checkpoints/, metrics.jsonl, model/"})
+    preset: str = field(
+        default="tiny-ufb-1x8", metadata={"help": "crammed-bert, ufb-KxD, tiny-crammed-bert[-W], tiny-ufb-KxD"}
+    )
+    corpus: list[str] = field(
+        default_factory=list, metadata={"nargs": "*", "help": "text files, folders or .jsonl (default: embedded)"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "folder with tokenizer.json (default: train one on the corpus)"}
+    )
+    vocab_size: int = field(default=32768, metadata={"help": "vocabulary of a tokenizer trained on the corpus"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     train: PretrainConfig = field(default_factory=PretrainConfig)
 
 
@@ -153,6 +163,38 @@ def finetune_job(
     write_results(results, output, extra={"model_dir": str(model_dir), "config": asdict(config)})
     print(results_table(results))
     return results
+
+
+def tree_health_report(
+    model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 256, batch_size: int = 32
+) -> str:
+    """A table of the tree health (``model.health``) of every FFF layer of the model in ``model_dir``, routed on
+    up to ``max_sequences`` sequences of ``corpus``'s validation split."""
+    tokenizer = load_tokenizer(model_dir)
+    model = model_class_for(model_dir).from_pretrained(model_dir)
+    validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
+    count = min(max_sequences, len(validation))
+    if count == 0:
+        raise ValueError("the corpus has no validation sequences to route")
+    batches = (
+        (torch.stack([validation[index] for index in range(start, min(count, start + batch_size))]), None)
+        for start in range(0, count, batch_size)
+    )
+    layers = model_tree_health(model, batches)
+    if not layers:
+        return f"{model.config.name} has no FFF layers"
+    lines = [
+        f"{model.config.name}: tree health over {layers[0].tokens} tokens of {count} validation sequences",
+        "layer  leaves never visited  nodes never visited per level (root first)  leaf entropy/uniform  root left",
+    ]
+    for index, layer in enumerate(layers):
+        levels = " ".join(f"{100 * value:.0f}%" for value in layer.unvisited_node_fraction_per_level)
+        root = "n/a" if layer.root_left_share is None else f"{layer.root_left_share:.2f}"
+        lines.append(
+            f"{index:>5}  {100 * layer.unvisited_leaf_fraction:>19.1f}%  {levels:<42}  "
+            f"{layer.leaf_entropy_ratio:>20.3f}  {root:>9}"
+        )
+    return "\n".join(lines)
 
 
 def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512) -> dict:

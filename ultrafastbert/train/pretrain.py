@@ -1,4 +1,4 @@
-"""Masked-language-model pretraining with the crammed recipe (``../shared/DESIGN.md`` §3).
+"""Masked-language-model pretraining with the crammed recipe (``docs/design.md``).
 
 The loop is deterministic given the seed: the global order of sequences is a seeded permutation per epoch, and
 each sequence's mask is drawn from a generator seeded by its global position. A run therefore resumes exactly
@@ -14,7 +14,7 @@ import json
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..model.modeling import ScaledSinusoidalPositions
+from ..model.modeling import CrammedBertScaledSinusoidalPositions
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
@@ -36,29 +36,38 @@ Masker = Callable[[Tensor, Sequence[torch.Generator]], tuple[Tensor, Tensor]]
 class PretrainConfig:
     """Optimisation settings of one pretraining run; defaults are the crammed ``bert-o4`` recipe."""
 
-    micro_batch: int = 128
-    final_batch: int = 8192
-    batch_ramp_until: float = 0.6
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-12
-    weight_decay: float = 0.01
-    clip_norm: float = 0.5
-    lr_start_factor: float = 0.25
-    lr_peak_at: float = 0.75
-    seed: int = 0
-    bf16: bool = False
-    checkpoint_every_minutes: float = 10.0
-    eval_every_steps: int = 0
-    log_every_steps: int = 1
-    keep_checkpoints: int = 2
+    micro_batch: int = field(default=128, metadata={"help": "sequences per forward pass per process"})
+    final_batch: int = field(
+        default=8192, metadata={"flag": "--batch", "help": "final sequences per optimizer step (all processes)"}
+    )
+    batch_ramp_until: float = field(
+        default=0.6, metadata={"help": "share of the budget over which the batch grows from one micro-batch to final"}
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "step budget"})
+    max_minutes: float | None = field(default=None, metadata={"help": "wall-clock budget of the training loop"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    betas: tuple[float, float] = field(default=(0.9, 0.98), metadata={"help": "AdamW betas"})
+    eps: float = field(default=1e-12, metadata={"help": "AdamW epsilon"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    clip_norm: float = field(default=0.5, metadata={"help": "gradient norm clipping (0: off)"})
+    lr_start_factor: float = field(default=0.25, metadata={"help": "learning rate at the start, as a share of peak"})
+    lr_peak_at: float = field(default=0.75, metadata={"help": "share of the budget at which the learning rate peaks"})
+    seed: int = field(default=0, metadata={"help": "seeds the sequence order, the masks and the weights"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
+    checkpoint_every_minutes: float = field(default=10.0, metadata={"help": "minutes between checkpoints"})
+    eval_every_steps: int = field(default=0, metadata={"help": "validation every N steps (0: only at the end)"})
+    log_every_steps: int = field(default=1, metadata={"help": "metrics.jsonl record every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
     # The learned scalar of the scaled sinusoidal positions. Adam moves a lone scalar by about lr per step whatever
     # its gradient, and early MLM gradients say "positions are noise": in CPU-scale runs it reached 0 within a few
     # hundred steps, leaving a bag-of-words model stuck at unigram accuracy on [MASK] tokens. Kept fixed at its
     # initial value unless this is set.
-    train_position_scale: bool = False
+    train_position_scale: bool = field(
+        default=False,
+        metadata={
+            "help": "also train the position embeddings' scalar (fixed by default: it collapses to 0 in short runs)"
+        },
+    )
 
     @property
     def budget(self) -> Budget:
@@ -153,7 +162,7 @@ class Pretrainer:
         self.context = context or DistributedContext()
         if not config.train_position_scale:
             for module in model.modules():
-                if isinstance(module, ScaledSinusoidalPositions):
+                if isinstance(module, CrammedBertScaledSinusoidalPositions):
                     module.scale_factor.requires_grad_(False)
         self.model = model.to(self.context.device)
         self.ddp_model = wrap_model(self.model, self.context)

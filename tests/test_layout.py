@@ -1,0 +1,131 @@
+"""The package's dependencies point one way: fff <- model <- data <- train <- bench <- study <- demo <- cli.
+
+Read from the source with ``ast`` (nothing is imported), counting imports inside functions too: a lazy import
+may save start-up time, but it may not close a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ultrafastbert"
+
+# Rank of each top-level module or sub-package; an import may only go to the same unit or a lower rank.
+# A new top-level module fails `test_every_unit_has_a_rank` until it is placed here.
+RANKS = {
+    "cache": 0,
+    "flags": 0,
+    "fff": 1,
+    "model": 2,
+    "data": 3,
+    "train": 4,
+    "bench": 5,
+    "study": 6,
+    "demo": 7,
+    "cli": 8,
+}
+PUBLIC_API = "ultrafastbert"  # the package's own __init__ re-exports the layers below it
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str], source: str | None = None) -> set[str]:
+    """Modules of this package (of ``modules``) that ``path`` imports anywhere in its body, relative imports
+    resolved; ``from package import name`` counts the submodule ``name`` when there is one, else the package."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source, filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            targets = [module if module in modules else target for module in submodules]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t == PUBLIC_API or t.startswith(PUBLIC_API + "."))
+    return found
+
+
+def build_graph() -> dict[str, set[str]]:
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        name: {target for target in imported_modules(path, set(modules)) if target in modules and target != name}
+        for name, path in modules.items()
+    }
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules, or None (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path, stack = [start], [iter(sorted(graph[start]))]
+        state[start] = 1
+        while stack:
+            following = next(stack[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(following) == 1:
+                return path[path.index(following) :] + [following]
+            elif not state.get(following):
+                state[following] = 1
+                path.append(following)
+                stack.append(iter(sorted(graph[following])))
+    return None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(build_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_every_unit_has_a_rank():
+    units = {unit(module) for module in build_graph() if module != PUBLIC_API}
+    assert units <= set(RANKS), f"place these in RANKS: {sorted(units - set(RANKS))}"
+
+
+def test_dependencies_point_one_way():
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in build_graph().items()
+        if module != PUBLIC_API
+        for target in targets
+        if target != PUBLIC_API and unit(target) != unit(module) and RANKS[unit(target)] >= RANKS[unit(module)]
+    ]
+    assert not wrong, "imports against the layering: " + "; ".join(sorted(wrong))
+
+
+def test_the_checks_see_a_cycle_and_a_wrong_direction():
+    """The checks above can fail: a made-up graph with a cycle and an upward import is caught."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert RANKS[unit("ultrafastbert.model.modeling")] < RANKS[unit("ultrafastbert.train.jobs")]
+
+
+@pytest.mark.parametrize("statement", ["from ..model import modeling", "from ultrafastbert.model import loading"])
+def test_imports_are_resolved(statement):
+    """Relative and absolute forms, inside a function too, resolve to the module they name."""
+    source = f"def f():\n    {statement}\n"
+    modules = {"ultrafastbert.model", "ultrafastbert.model.modeling", "ultrafastbert.model.loading"}
+    found = imported_modules(PACKAGE / "train" / "example.py", modules, source)
+    assert len(found) == 1 and found <= modules - {"ultrafastbert.model"}

@@ -1,0 +1,146 @@
+"""Settings of the quality study: one dataclass (its defaults are the preset for a 2-core CPU) and presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..data.tasks import LOCAL_TASKS
+from ..model.configuration import CrammedBertConfig
+from ..train.finetune import FinetuneConfig
+from .variants import VARIANTS, check_variants, variant_fields
+
+STUDY_TASKS = ("wn-pos", "wn-supersense", "wn-sense-match", "fortune-topic")
+
+
+@dataclass
+class StudyConfig:
+    """Settings of a study. The defaults are the ``cpu-2core`` preset: sized so that the dense reference learns
+    well past the copy/unigram guess in ``minutes_per_variant`` on two CPU cores (see the study's report)."""
+
+    output_dir: str = field(default="results/study", metadata={"flag": "--output", "help": "the study's folder"})
+    variants: tuple[str, ...] = field(default=VARIANTS, metadata={"help": "variants to compare", "choices": VARIANTS})
+    hidden_size: int = field(default=128, metadata={"help": "hidden size of every variant"})
+    layers: int = field(default=2, metadata={"help": "transformer layers of every variant"})
+    heads: int = field(default=2, metadata={"help": "attention heads"})
+    dense_width: int = field(default=512, metadata={"help": "width W of the dense reference; sets the tree depth"})
+    vocab_size: int = field(default=8192, metadata={"help": "WordPiece vocabulary trained on the corpus"})
+    seq_len: int = field(default=128, metadata={"help": "pretraining sequence length"})
+    minutes_per_variant: float | None = field(
+        default=9.0, metadata={"help": "wall-clock pretraining budget of each variant"}
+    )
+    steps_per_variant: int | None = field(
+        default=None, metadata={"help": "step budget of each variant (with minutes: whichever comes first)"}
+    )
+    micro_batch: int = field(default=32, metadata={"help": "sequences per forward pass"})
+    final_batch: int = field(default=64, metadata={"help": "sequences per optimizer step at the end of the ramp"})
+    lr: float = field(default=3e-3, metadata={"help": "peak pretraining learning rate"})
+    seed: int = field(default=0, metadata={"help": "seeds weights, sequence order and masks of every variant"})
+    eval_every_steps: int = field(default=200, metadata={"help": "validation MLM loss every N steps"})
+    validation_sequences: int = field(default=512, metadata={"help": "validation sequences for MLM metrics"})
+    tasks: tuple[str, ...] = field(
+        default=STUDY_TASKS, metadata={"help": "local tasks to finetune on", "choices": LOCAL_TASKS}
+    )
+    glue_dir: str | None = field(default=None, metadata={"help": "folder of GLUE tasks in GLUE's TSV layout"})
+    glue_tasks: tuple[str, ...] = field(default=(), metadata={"help": "GLUE tasks to add (needs --glue-dir)"})
+    finetune_lr: float = field(default=2e-4, metadata={"help": "finetuning learning rate"})
+    finetune_batch: int = field(default=32, metadata={"help": "finetuning batch size"})
+    finetune_epochs: float = field(default=2.0, metadata={"help": "finetuning epochs"})
+    finetune_seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={"help": "finetuning seeds"})
+    max_train_examples: int | None = field(default=4000, metadata={"help": "training examples per task (capped)"})
+    max_eval_examples: int | None = field(default=2000, metadata={"help": "evaluation examples per split"})
+    finetune_max_length: int = field(default=64, metadata={"help": "tokens per finetuning example"})
+    timing_tokens: tuple[int, ...] = field(default=(128, 4096), metadata={"help": "token counts of FF timings"})
+    timing_seconds: float = field(default=0.5, metadata={"help": "timed seconds per FF layer and token count"})
+    cache_dir: str | None = field(default=None, metadata={"help": "data cache (default: the package cache)"})
+
+    # Fields that do not change what a study measures: a rerun may change them.
+    NOT_COMPARED = frozenset({"output_dir", "cache_dir"})
+
+    def __post_init__(self) -> None:
+        self.variants, self.tasks = tuple(self.variants), tuple(self.tasks)
+        self.glue_tasks, self.finetune_seeds = tuple(self.glue_tasks), tuple(self.finetune_seeds)
+        self.timing_tokens = tuple(self.timing_tokens)
+        check_variants(self.variants, self.dense_width)
+        if "dense" not in self.variants:
+            raise ValueError("the study compares against the dense reference: variants must include 'dense'")
+        if self.minutes_per_variant is None and self.steps_per_variant is None:
+            raise ValueError("give a pretraining budget: minutes_per_variant and/or steps_per_variant")
+        if self.minutes_per_variant is not None and not self.minutes_per_variant > 0:
+            raise ValueError(f"minutes_per_variant must be > 0, got {self.minutes_per_variant}")
+        if self.steps_per_variant is not None and self.steps_per_variant < 1:
+            raise ValueError(f"steps_per_variant must be >= 1, got {self.steps_per_variant}")
+        if self.glue_tasks and not self.glue_dir:
+            raise ValueError("glue_tasks need glue_dir, the folder holding GLUE's task folders")
+        if not self.tasks and not self.glue_tasks:
+            raise ValueError("the study needs at least one finetuning task")
+        if not self.finetune_seeds:
+            raise ValueError("the study needs at least one finetuning seed")
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies the study (everything but ``NOT_COMPARED``), JSON-ready."""
+        return {
+            f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
+            for f in fields(self)
+            if f.name not in self.NOT_COMPARED
+        }
+
+    def finetune_config(self, seed: int | None = None) -> FinetuneConfig:
+        return FinetuneConfig(
+            lr=self.finetune_lr,
+            batch_size=self.finetune_batch,
+            epochs=self.finetune_epochs,
+            seeds=self.finetune_seeds if seed is None else (seed,),
+            max_train_examples=self.max_train_examples,
+            max_eval_examples=self.max_eval_examples,
+            max_length=self.finetune_max_length,
+        )
+
+    def model_config(self, variant: str, vocab_size: int) -> CrammedBertConfig:
+        return CrammedBertConfig.from_preset(
+            "tiny-crammed-bert",
+            **variant_fields(variant, self.dense_width),
+            vocab_size=vocab_size,
+            max_position_embeddings=self.seq_len,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+        )
+
+
+# Presets by name: the defaults for this 2-core machine, and a toy size for tests (seconds, learns nothing).
+STUDY_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-2core": {},
+    "toy": {
+        "hidden_size": 16,
+        "layers": 1,
+        "heads": 2,
+        "dense_width": 32,
+        "vocab_size": 200,
+        "seq_len": 32,
+        "minutes_per_variant": None,
+        "steps_per_variant": 3,
+        "micro_batch": 4,
+        "final_batch": 4,
+        "eval_every_steps": 2,
+        "validation_sequences": 8,
+        "finetune_epochs": 1.0,
+        "finetune_seeds": (0, 1),
+        "max_train_examples": 16,
+        "max_eval_examples": 16,
+        "finetune_max_length": 16,
+        "timing_tokens": (8,),
+        "timing_seconds": 0.01,
+    },
+}
+
+
+def study_config(preset: str = "cpu-2core", **overrides: Any) -> StudyConfig:
+    """The ``StudyConfig`` of ``preset`` (``STUDY_PRESETS``) with ``overrides`` applied."""
+    if preset not in STUDY_PRESETS:
+        raise ValueError(f"unknown study preset {preset!r}; known: {', '.join(STUDY_PRESETS)}")
+    return StudyConfig(**{**STUDY_PRESETS[preset], **overrides})
+
+
+class StudyError(ValueError):
+    """A study that cannot start: bad settings, missing data, or a folder holding another study."""
