@@ -227,3 +227,24 @@ def test_model_tree_health_counts_only_real_tokens():
     assert model_tree_health(CrammedBertForMaskedLM(CrammedBertConfig.from_preset(
         "tiny-crammed-bert", vocab_size=50, max_position_embeddings=16, hidden_size=16, num_attention_heads=2,
     )), [(ids, None)]) == []  # fmt: skip
+
+
+def test_inspect_command_prints_tree_health_per_layer(tmp_path, capsys):
+    from ultrafastbert.cli import main
+    from ultrafastbert.data.tokenizer import train_tokenizer
+
+    rng = random.Random(1)
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(" ".join(rng.choices(WORDS, k=60)) for _ in range(400)))
+    folder = tmp_path / "model"
+    tokenizer = train_tokenizer([text.read_text()], vocab_size=60, output_dir=folder)
+    config = CrammedBertConfig.from_preset(
+        "tiny-ufb-1x3", vocab_size=len(tokenizer), max_position_embeddings=32, hidden_size=16, num_attention_heads=2,
+        num_hidden_layers=2,
+    )  # fmt: skip
+    CrammedBertForMaskedLM(config).save_pretrained(folder)
+    args = ["inspect", "--model", str(folder), "--corpus", str(text), "--seq-len", "32", "--max-sequences", "4"]
+    assert main(args + ["--cache-dir", str(tmp_path / "cache")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("UltraFastBERT-1x3: tree health over 128 tokens of 4 validation sequences")
+    assert len(lines) == 4 and lines[2].split()[0] == "0" and lines[3].split()[0] == "1"
