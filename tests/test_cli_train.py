@@ -1,13 +1,17 @@
-"""The training commands end to end on small local files: pretrain -> evaluate -> finetune (GLUE TSV layout)."""
+"""The training commands end to end on small local files: pretrain -> evaluate -> finetune (GLUE TSV layout), and
+pretrain's one-line refusals (a folder holding a run, a folder in use, a diverging run)."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+from pathlib import Path
 
 import pytest
 
 from ultrafastbert.cli import main
+from ultrafastbert.train.checkpointing import run_folder_lock
 
 WORDS = "the a cat dog sat ran on under mat rug big small red blue quick slow and then it was".split()
 
@@ -19,10 +23,15 @@ def pretrained(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(rng.choices(WORDS, k=rng.randint(20, 60))) for _ in range(1500)))
     run = root / "run"
-    args = ["pretrain", "--output", str(run), "--corpus", str(corpus), "--preset", "tiny-ufb-2x3"]
-    args += ["--vocab-size", "80", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "8", "--batch", "16"]
-    assert main([*args, "--cache-dir", str(root / "cache")]) == 0
+    assert main(pretrain_args(root, run)) == 0
     return root, run
+
+
+def pretrain_args(root: Path, output: Path, *extra: str) -> list[str]:
+    """A 4-step pretraining of a tiny model on the fixture's corpus."""
+    args = ["pretrain", "--output", str(output), "--corpus", str(root / "corpus.txt"), "--preset", "tiny-ufb-2x3"]
+    args += ["--vocab-size", "80", "--seq-len", "32", "--max-steps", "4", "--micro-batch", "8", "--batch", "16"]
+    return [*args, "--cache-dir", str(root / "cache"), *extra]
 
 
 def test_pretrain_writes_a_loadable_model_checkpoints_and_metrics(pretrained):
@@ -80,3 +89,29 @@ def test_pretrain_flags_default_to_the_dataclasses():
     args = build_parser(["pretrain"]).parse_args(["pretrain", "--output", "run", "--max-minutes", "5", "--bf16"])
     job = from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args))
     assert job == PretrainJob(output_dir="run", train=PretrainConfig(max_minutes=5.0, bf16=True))
+
+
+def test_pretrain_over_a_finished_run_is_refused_until_told_what_to_do(pretrained):
+    root, run = pretrained
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit) as refused:
+        main(pretrain_args(root, run))
+    message = str(refused.value.code)
+    assert "already holds a run (checkpoints/, metrics.jsonl)" in message and "\n" not in message
+    assert "--resume" in message and "--overwrite" in message
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_pretrain_in_a_folder_in_use_names_the_holder(pretrained, tmp_path):
+    root, _ = pretrained
+    with run_folder_lock(tmp_path), pytest.raises(SystemExit, match=rf"in use by another run \(pid {os.getpid()}\)"):
+        main(pretrain_args(root, tmp_path))
+
+
+def test_a_diverging_pretraining_stops_with_one_line_and_no_model(pretrained, tmp_path):
+    root, _ = pretrained
+    with pytest.raises(SystemExit) as stopped:
+        main(pretrain_args(root, tmp_path, "--lr", "1e6", "--max-steps", "8"))
+    message = str(stopped.value.code)
+    assert message.startswith("ultrafastbert pretrain: error: training diverged at step ") and "\n" not in message
+    assert not (tmp_path / "model").exists() and not (tmp_path / "final.json").exists()

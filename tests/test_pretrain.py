@@ -1,8 +1,12 @@
-"""Pretraining loop: it learns, it resumes exactly after SIGKILL, torchrun equals one process, bad resumes fail."""
+"""Pretraining loop: it learns, it resumes exactly after SIGKILL or a full disk, torchrun equals one process, bad
+resumes fail, divergence stops it without saving."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import math
 import os
 import signal
 import subprocess
@@ -13,10 +17,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.train import checkpointing
 from ultrafastbert.train.checkpointing import CheckpointError, latest_checkpoint
-from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer, mask_generators, mlm_metrics
+from ultrafastbert.train.pretrain import (
+    PretrainConfig,
+    Pretrainer,
+    TrainingDivergedError,
+    mask_generators,
+    mlm_metrics,
+)
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -44,8 +56,11 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def trainer(output: Path, steps: int = 6, run_config: dict | None = None, lr: float = 3e-3) -> Pretrainer:
-    config = PretrainConfig(micro_batch=8, final_batch=16, max_steps=steps, lr=lr, checkpoint_every_minutes=60)
+def trainer(
+    output: Path, steps: int = 6, run_config: dict | None = None, lr: float = 3e-3, **settings: object
+) -> Pretrainer:
+    defaults = {"micro_batch": 8, "final_batch": 16, "max_steps": steps, "lr": lr, "checkpoint_every_minutes": 60}
+    config = PretrainConfig(**(defaults | settings))
     return Pretrainer(
         tiny_model(),
         synthetic_sequences(96, seed=1),
@@ -179,3 +194,103 @@ def test_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     assert trainer(tmp_path).resume() is False
+
+
+def test_resume_names_only_the_differing_keys_and_ignores_the_library_version(tmp_path):
+    """A transformers upgrade or a new checkpoint cadence resumes; another learning rate is refused, naming it."""
+    model = CrammedBertConfig.from_preset("tiny-ufb-1x2", vocab_size=64).to_diff_dict()
+    run_config = {"model": model, "train": {"lr": 3e-3, "checkpoint_every_minutes": 60, "max_minutes": None}}
+    trainer(tmp_path, steps=2, run_config=run_config).run()
+    upgraded = {
+        "model": model | {"transformers_version": "99.0.0", "auto_map": {}},
+        "train": {"lr": 3e-3, "checkpoint_every_minutes": 5, "max_minutes": 30},
+    }
+    assert trainer(tmp_path, steps=4, run_config=upgraded).resume()
+    changed = upgraded | {"train": upgraded["train"] | {"lr": 1e-2}}
+    with pytest.raises(CheckpointError) as error:
+        trainer(tmp_path, steps=4, run_config=changed).resume()
+    assert str(error.value).endswith("different configuration: run.train.lr (checkpoint 0.003, now 0.01)")
+
+
+def test_resuming_a_finished_run_saves_the_step_again_under_a_new_name(tmp_path):
+    trainer(tmp_path, steps=2).run()
+    again = trainer(tmp_path, steps=2)
+    assert again.resume()
+    assert again.run()["step"] == 2
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000002.1"
+    assert trainer(tmp_path, steps=2).resume()
+
+
+def test_a_full_disk_stops_the_run_and_a_later_resume_is_exact(tmp_path, monkeypatch):
+    """The disk fills while step 3 is saved: the run stops with the error, latest still loads step 2 and nothing
+    half-written is left; once there is space again the resumed run (which first clears a killed process's
+    temporary) ends with the weights of an uninterrupted run."""
+    uninterrupted = trainer(tmp_path / "a", steps=4, checkpoint_every_minutes=0)
+    uninterrupted.run()
+    run_dir, writes = tmp_path / "b", 0
+
+    def fills_up(*args, **kwargs):
+        nonlocal writes
+        writes += 1
+        if writes > 4:  # two files per checkpoint: steps 1 and 2 fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_file(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing, "save_file", fills_up)
+        with pytest.raises(OSError, match="No space left"):
+            trainer(run_dir, steps=4, checkpoint_every_minutes=0).run()
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000001",
+        "step-00000002",
+    ]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = run_dir / "checkpoints" / f".step-00000003.tmp-{dead.pid}"
+    stale.mkdir()
+    resumed = trainer(run_dir, steps=4, checkpoint_every_minutes=0)
+    assert resumed.resume() and resumed.step == 2
+    assert resumed.run()["step"] == 4
+    assert not stale.exists()
+    weights = {name: value.detach() for name, value in resumed.model.state_dict().items()}
+    reference = {name: value.detach() for name, value in uninterrupted.model.state_dict().items()}
+    assert max_difference(weights, reference) == 0.0
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = trainer(tmp_path, steps=8, lr=1e6, checkpoint_every_minutes=0)
+    with pytest.raises(TrainingDivergedError, match=r"at step \d+"):
+        run.run()
+    weights = load_file(str(latest_checkpoint(tmp_path / "checkpoints") / "model.safetensors"))
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+class NaNLossAt(torch.nn.Module):
+    """``run``'s model, with a NaN loss at the given (1-based) steps."""
+
+    def __init__(self, run: Pretrainer, steps: set[int]) -> None:
+        super().__init__()
+        self.model, self.trainer, self.steps = run.model, run, steps
+
+    def forward(self, **inputs):
+        output = self.model(**inputs)
+        if self.trainer.step + 1 in self.steps:
+            output.loss = output.loss * float("nan")
+        return output
+
+
+def test_non_finite_steps_are_skipped_up_to_the_allowed_count(tmp_path):
+    run = trainer(tmp_path / "skip", steps=6, max_nonfinite_steps=1)
+    run.ddp_model = NaNLossAt(run, {3, 5})
+    assert run.run()["step"] == 6
+    records = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[:6]]
+    assert [record.get("skipped", False) for record in records] == [False, False, True, False, True, False]
+    assert records[2]["loss"] is None and math.isfinite(records[3]["loss"])
+    assert all(int(state["step"]) == 4 for state in run.optimizer.state.values())  # 6 steps, 4 updates
+
+    run = trainer(tmp_path / "stop", steps=6, max_nonfinite_steps=1)
+    run.ddp_model = NaNLossAt(run, {3, 4})
+    with pytest.raises(TrainingDivergedError, match=r"at step 4: .*2 non-finite step\(s\) in a row, 1 allowed"):
+        run.run()
+    assert latest_checkpoint(tmp_path / "stop" / "checkpoints") is None  # nothing saved after the divergence

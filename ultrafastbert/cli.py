@@ -114,8 +114,10 @@ def _add_classify(classify: argparse.ArgumentParser) -> None:
 
 
 def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
+    from .model.loading import CheckpointError
+    from .train.checkpointing import RunFolderError
     from .train.jobs import PretrainJob, pretrain_job
-    from .train.pretrain import PretrainConfig
+    from .train.pretrain import PretrainConfig, TrainingDivergedError
 
     add_flags(pretrain, PretrainJob)
     add_flags(pretrain.add_argument_group("training"), PretrainConfig)
@@ -123,7 +125,10 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
-        final = pretrain_job(from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args)))
+        try:
+            final = pretrain_job(from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args)))
+        except (RunFolderError, CheckpointError, TrainingDivergedError) as error:
+            raise SystemExit(f"ultrafastbert pretrain: error: {error}") from None
         if "val_loss" in final:
             print(
                 f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f} "
@@ -153,21 +158,33 @@ def _add_finetune(finetune: argparse.ArgumentParser) -> None:
     finetune.set_defaults(handler=run)
 
 
+def _add_validation_text_flags(parser: argparse.ArgumentParser, model_help: str, max_sequences: int) -> None:
+    """The flags of the commands that run a saved model on a corpus's validation split."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--corpus", nargs="*", default=[], help="text files (default: the embedded corpus)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--max-sequences", type=int, default=max_sequences, help="validation sequences used")
+    parser.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+
+
+def _validation_text(args: argparse.Namespace):
+    """(corpus, cache folder) of the flags ``_add_validation_text_flags`` added."""
+    from pathlib import Path
+
+    from .cache import cache_root
+    from .train.jobs import PretrainJob, load_corpus_for
+
+    cache = Path(args.cache_dir) if args.cache_dir else cache_root()
+    return load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache), cache
+
+
 def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
-    evaluate.add_argument("--model", required=True, help="pretrained model folder (with tokenizer)")
-    evaluate.add_argument("--corpus", nargs="*", default=[], help="text files (default: embedded corpus)")
-    evaluate.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    evaluate.add_argument("--max-sequences", type=int, default=512, help="validation sequences evaluated")
-    evaluate.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    _add_validation_text_flags(evaluate, "pretrained model folder (with tokenizer)", max_sequences=512)
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
+        from .train.jobs import mlm_validation
 
-        from .cache import cache_root
-        from .train.jobs import PretrainJob, load_corpus_for, mlm_validation
-
-        cache = Path(args.cache_dir) if args.cache_dir else cache_root()
-        corpus = load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache)
+        corpus, cache = _validation_text(args)
         metrics = mlm_validation(args.model, corpus, args.seq_len, cache, args.max_sequences)
         print(
             f"validation MLM loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f} "
@@ -222,20 +239,12 @@ def _add_study(study: argparse.ArgumentParser) -> None:
 
 
 def _add_inspect(inspect: argparse.ArgumentParser) -> None:
-    inspect.add_argument("--model", required=True, help="model folder (any crammedBERT head, with its tokenizer)")
-    inspect.add_argument("--corpus", nargs="*", default=[], help="text files (default: the embedded corpus)")
-    inspect.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    inspect.add_argument("--max-sequences", type=int, default=256, help="validation sequences routed")
-    inspect.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    _add_validation_text_flags(inspect, "model folder (any crammedBERT head, with its tokenizer)", max_sequences=256)
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
+        from .train.jobs import tree_health_report
 
-        from .cache import cache_root
-        from .train.jobs import PretrainJob, load_corpus_for, tree_health_report
-
-        cache = Path(args.cache_dir) if args.cache_dir else cache_root()
-        corpus = load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache)
+        corpus, cache = _validation_text(args)
         print(tree_health_report(args.model, corpus, args.seq_len, cache, args.max_sequences))
         return 0
 
@@ -259,7 +268,8 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "pretrain": (
         "MLM pretraining with the crammed recipe (also under torchrun)",
         "Pretrain on your text/JSONL files (--corpus) or the embedded default corpus. Stops at --max-steps or "
-        "--max-minutes, whichever comes first; SIGINT/SIGTERM checkpoint and stop.",
+        "--max-minutes, whichever comes first; SIGINT/SIGTERM checkpoint and stop. A folder that already holds a "
+        "run needs --resume (continue it) or --overwrite (delete it).",
         _add_pretrain,
     ),
     "finetune": (

@@ -368,7 +368,7 @@ def plot_report(report: dict[str, Any], finetuning: dict[str, list[TaskResult]],
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, summary in report["pretraining"].items():
         records = [json.loads(line) for line in (out / key / "metrics.jsonl").read_text().splitlines()]
-        points = [(r["elapsed"] / 60, r["loss"]) for r in records if "loss" in r]
+        points = [(r["elapsed"] / 60, r["loss"]) for r in records if r.get("loss") is not None]
         ax.plot(*zip(*points, strict=True), label=summary["name"])
     ax.set_xlabel("minutes")
     ax.set_ylabel("MLM training loss")

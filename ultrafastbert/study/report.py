@@ -229,7 +229,7 @@ def _curves(metrics_file: Path) -> tuple[list[tuple[int, float]], list[tuple[int
     validation: dict[int, float] = {}
     for line in metrics_file.read_text().splitlines():
         record = json.loads(line)
-        if "loss" in record:
+        if record.get("loss") is not None:
             train[record["step"]] = record["loss"]
         if "val_loss" in record and "step" in record:
             validation[record["step"]] = record["val_loss"]

@@ -1,17 +1,28 @@
 """Checkpoints that survive a kill: safetensors weights + optimizer state + RNG states + data position.
 
-A checkpoint is a folder ``step-00000123`` written under a temporary name and renamed into place only when
-complete, then published by atomically replacing the ``latest`` pointer file. A run killed at any instant leaves
-either the previous checkpoint or the new one, never a half-written folder that ``--resume`` would read.
-Nothing is unpickled: tensors go to safetensors, everything else to JSON.
+A checkpoint is a folder ``step-00000123`` written under a temporary name (``.step-00000123.tmp-PID``) and renamed
+into place only when complete, then published by atomically replacing the ``latest`` pointer file. A folder is
+never replaced: saving a step that already has a folder (a resumed finished run, SIGTERM just after a periodic
+save) writes ``step-00000123.1``, and older checkpoints are removed only after the pointer has moved on. So
+``latest`` names a complete folder whatever instant a kill (or a full disk) lands, and a failed save leaves the
+previous checkpoint as it was. ``latest`` also lists the checkpoints in the order they were published; the newest
+``keep`` of them stay, whatever their step numbers.
+
+A run folder is claimed with :func:`run_folder_lock` while a run writes there, and
+:func:`remove_stale_temporaries` clears what killed processes left half-written. Nothing is unpickled: tensors
+go to safetensors, everything else to JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
+import re
 import shutil
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +38,14 @@ WEIGHTS = "model.safetensors"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 LATEST = "latest"
+LOCK = ".run.lock"
+
+CHECKPOINT_NAME = re.compile(r"step-\d{8}(\.\d+)?")  # step-00000123, or step-00000123.2 for a re-save
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-(\d+)")  # .step-00000123.tmp-4242, .latest.tmp-4242
+
+
+class RunFolderError(RuntimeError):
+    """A run folder this run may not write: another run holds it, or it holds a run that is not being resumed."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,11 +58,75 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the lock of run folder ``folder`` (``flock`` on ``folder/.run.lock``, which records the holder's pid).
+
+    A second process asking for it fails at once with :class:`RunFolderError` naming the holder. The kernel drops
+    the lock when its holder exits, however it dies, so a killed run never leaves a stale one. Not re-entrant:
+    the same process asking twice is refused too.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunFolderError(
+                f"{folder} is in use by another run (pid {holder}); wait for it to end or choose another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
         handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporaries (``.NAME.tmp-PID``) in ``directory`` whose process no longer runs on this machine: a
+    run killed mid-save leaves them, and on a nearly full disk they would hold the space every later save needs. A
+    live process's temporaries are its save in progress and stay. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in sorted(directory.iterdir()):
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -113,6 +196,38 @@ def _model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _read_pointer(directory: Path) -> dict[str, Any] | None:
+    """``latest``'s content, ``{"checkpoint": name, "published": [oldest, ..., name]}``; None before the first
+    save. Pointers written before the publication list existed hold only ``checkpoint``."""
+    pointer = directory / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        content = json.loads(pointer.read_text())
+        name = content["checkpoint"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{pointer} is corrupt: {error}") from error
+    return {"checkpoint": name, "published": content.get("published", [name])}
+
+
+def _unused_name(directory: Path, step: int) -> str:
+    """``step-{step}``, or the first free ``step-{step}.N`` when that folder exists (a step saved again)."""
+    name = f"step-{step:08d}"
+    copy = 0
+    while (directory / name).exists():
+        copy += 1
+        name = f"step-{step:08d}.{copy}"
+    return name
+
+
+def holds_checkpoints(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a ``latest`` pointer or any checkpoint folder."""
+    directory = Path(directory)
+    if (directory / LATEST).exists():
+        return True
+    return directory.is_dir() and any(CHECKPOINT_NAME.fullmatch(path.name) for path in directory.iterdir())
+
+
 def save_checkpoint(
     directory: str | Path,
     step: int,
@@ -122,59 +237,102 @@ def save_checkpoint(
     config: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``directory/step-{step}`` atomically and point ``directory/latest`` at it; keep the newest ``keep``.
+    """Write a checkpoint of ``step`` into a new folder of ``directory``, point ``latest`` at it, then remove the
+    checkpoints beyond the ``keep`` (at least 1) most recently published. Returns the new folder.
 
     ``state`` is JSON-serialisable training state (step counters, data position, timers); ``config`` is the
-    run's configuration, compared on resume so a checkpoint is never loaded into a different model.
+    run's configuration, compared on resume so a checkpoint is never loaded into a different model. If anything
+    fails (a full disk), the half-written temporary is removed and ``latest`` still names the previous checkpoint.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:08d}"
-    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    optimizer_tensors, optimizer_json = _optimizer_state(optimizer)
-    rng_tensors, rng_json = rng_state()
-    save_file(_model_weights(model), str(tmp / WEIGHTS))
-    save_file(optimizer_tensors | rng_tensors, str(tmp / STATE_TENSORS))
-    payload = {"step": step, "state": state, "config": config, "optimizer": optimizer_json, "rng": rng_json}
-    (tmp / STATE_JSON).write_text(json.dumps(payload, indent=2))
-    for file in tmp.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    if final.exists():  # the same step saved twice (e.g. SIGTERM right after a periodic save)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    previous = _read_pointer(directory)
+    temporary = directory / f".step-{step:08d}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    final = directory / _unused_name(directory, step)
+    try:
+        temporary.mkdir()
+        optimizer_tensors, optimizer_json = _optimizer_state(optimizer)
+        rng_tensors, rng_json = rng_state()
+        save_file(_model_weights(model), str(temporary / WEIGHTS))
+        save_file(optimizer_tensors | rng_tensors, str(temporary / STATE_TENSORS))
+        payload = {"step": step, "state": state, "config": config, "optimizer": optimizer_json, "rng": rng_json}
+        (temporary / STATE_JSON).write_text(json.dumps(payload, indent=2))
+        for file in temporary.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.rename(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     _fsync_dir(directory)
-    _write_json_atomic(directory / LATEST, {"checkpoint": final.name})
-    for old in sorted(p for p in directory.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    published = [name for name in (previous or {}).get("published", []) if (directory / name).is_dir()]
+    published = [*published, final.name][-max(keep, 1) :]
+    _write_json_atomic(directory / LATEST, {"checkpoint": final.name, "published": published})
+    # only now that latest names the new folder may the old ones go; unpublished leftovers of killed saves go too
+    for path in directory.iterdir():
+        if CHECKPOINT_NAME.fullmatch(path.name) and path.name not in published and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The checkpoint ``latest`` points at, or None when the directory has none yet."""
-    pointer = Path(directory) / LATEST
-    if not pointer.exists():
+    directory = Path(directory)
+    pointer = _read_pointer(directory)
+    if pointer is None:
         return None
-    try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError) as error:
-        raise CheckpointError(f"{pointer} is corrupt: {error}") from error
-    path = Path(directory) / name
+    path = directory / pointer["checkpoint"]
     if not path.is_dir():
-        raise CheckpointError(f"{pointer} points at {name}, which does not exist")
+        raise CheckpointError(f"{directory / LATEST} points at {pointer['checkpoint']}, which does not exist")
     return path
 
 
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys (``run.model.hidden_size``)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignored: Collection[str] = ()) -> list[str]:
+    """``key (checkpoint X, now Y)`` for every dotted key whose values differ, leaving out the keys with a part in
+    ``ignored`` (settings a resumed run may change, and everything under them)."""
+    absent, ignored_parts = object(), set(ignored)
+    saved_flat, current_flat = _flatten(saved), _flatten(current)
+    differences = []
+    for key in sorted(saved_flat.keys() | current_flat.keys()):
+        if not ignored_parts.isdisjoint(key.split(".")):
+            continue
+        before, now = saved_flat.get(key, absent), current_flat.get(key, absent)
+        if before != now:
+            shown = ["absent" if value is absent else _short(value) for value in (before, now)]
+            differences.append(f"{key} (checkpoint {shown[0]}, now {shown[1]})")
+    return differences
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, config: dict[str, Any]
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    config: dict[str, Any],
+    ignored: Collection[str] = (),
 ) -> dict[str, Any]:
     """Restore weights, optimizer and RNG states from ``path``; returns the saved training state.
 
     Raises :class:`CheckpointError` naming the problem for missing files, corrupt files, a configuration that
-    differs from ``config``, or weights whose names or shapes do not match ``model``. Nothing is modified
-    before all files are read and checked.
+    differs from ``config`` (naming the differing keys; keys with a part in ``ignored`` are not compared),
+    or weights whose names or shapes do not match ``model``. Nothing is modified before all files are read and
+    checked.
     """
     path = Path(path)
     for name in (WEIGHTS, STATE_TENSORS, STATE_JSON):
@@ -186,10 +344,9 @@ def load_checkpoint(
         state_tensors = load_file(str(path / STATE_TENSORS))
     except (json.JSONDecodeError, SafetensorError, OSError) as error:
         raise CheckpointError(f"checkpoint {path} is corrupt: {error}") from error
-    differing = sorted(k for k in set(config) | set(payload["config"]) if config.get(k) != payload["config"].get(k))
+    differing = config_differences(payload["config"], config, ignored)
     if differing:
-        details = ", ".join(f"{k}: checkpoint={payload['config'].get(k)!r} run={config.get(k)!r}" for k in differing)
-        raise CheckpointError(f"checkpoint {path} was made with a different configuration ({details})")
+        raise CheckpointError(f"checkpoint {path} was made with a different configuration: {', '.join(differing)}")
     expected = _model_weights(model)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

@@ -1,14 +1,17 @@
 """Whole jobs, wired from the parts: data -> tokenizer -> model -> loop -> saved folder. Used by the CLI and demo.
 
 ``pretrain_job``: a corpus (yours, or the embedded default) to a pretrained model folder (``save_pretrained`` +
-tokenizer) with checkpoints and metrics. ``finetune_job``: a pretrained folder to per-task scores (median over
+tokenizer) with checkpoints and metrics, in a run folder it locks while it writes there and never starts over an
+old run unless told to resume or replace it. ``finetune_job``: a pretrained folder to per-task scores (median over
 seeds) as JSON + markdown. ``mlm_validation``: masked-LM loss and accuracy of a pretrained folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,16 @@ from ..model.convert import model_class_for
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertForMaskedLM
 from ..model.tokenizer import load_tokenizer
+from .checkpointing import RunFolderError, holds_checkpoints, run_folder_lock
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
 from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
-from .pretrain import PretrainConfig, Pretrainer, mlm_metrics
+from .pretrain import CHECKPOINTS, METRICS, PretrainConfig, Pretrainer, mlm_metrics
 
 logger = logging.getLogger(__name__)
+
+# what pretrain_job writes in the run folder besides the Pretrainer's checkpoints and metrics
+MODEL = "model"
+FINAL = "final.json"
 
 
 @dataclass
@@ -58,6 +66,9 @@ class PretrainJob:
         default=None, metadata={"help": "data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)"}
     )
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "delete the run already in --output (checkpoints, metrics, model) first"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     train: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -68,68 +79,102 @@ def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
     return prepare_default_data(cache).corpus
 
 
+def claim_run_folder(job: PretrainJob) -> None:
+    """Check that ``job`` may start in its run folder: a folder holding a run (checkpoints or metrics) is resumed
+    with ``resume``, emptied of that run with ``overwrite``, and otherwise refused with :class:`RunFolderError`,
+    since a new run would mix its metrics and checkpoints with the old run's."""
+    output = Path(job.output_dir)
+    if job.resume and job.overwrite:
+        raise RunFolderError("--resume continues the run in --output and --overwrite deletes it: pass one of them")
+    found = [f"{CHECKPOINTS}/"] if holds_checkpoints(output / CHECKPOINTS) else []
+    found += [METRICS] if (output / METRICS).exists() else []
+    if not found or job.resume:
+        return
+    if not job.overwrite:
+        raise RunFolderError(
+            f"{output} already holds a run ({', '.join(found)}): pass --resume to continue it, choose another "
+            "--output, or pass --overwrite to delete it"
+        )
+    for name in (CHECKPOINTS, MODEL):
+        shutil.rmtree(output / name, ignore_errors=True)
+    for name in (METRICS, FINAL):
+        (output / name).unlink(missing_ok=True)
+    logger.info("deleted the previous run in %s (--overwrite)", output)
+
+
 def pretrain_job(job: PretrainJob, context: DistributedContext | None = None) -> dict[str, Any]:
-    """Pretrain per ``job``; returns the final record (step, time, validation loss/accuracy, model folder)."""
+    """Pretrain per ``job``; returns the final record (step, time, validation loss/accuracy, model folder).
+
+    Rank 0 holds the run folder's lock for the whole job and checks the folder (``claim_run_folder``) before any
+    work, so a second job on the same folder, or a new run over an old one, fails at once with
+    :class:`RunFolderError`."""
     own_context = context is None
     context = context or init_distributed(job.device)
-    cache = Path(job.cache_dir) if job.cache_dir else cache_root()
     try:
-        # rank 0 builds the caches (corpus, tokenizer, packed sequences) first; the others then read them
-        if not context.is_main:
-            barrier(context)
-        corpus = load_corpus_for(job, cache)
-        tokenizer = (
-            load_tokenizer(job.tokenizer)
-            if job.tokenizer
-            else tokenizer_for_corpus(corpus, job.vocab_size, cache, model_max_length=job.seq_len)
-        )
-        train_data = packed_dataset(corpus, tokenizer, "train", job.seq_len, cache)
-        validation_data = packed_dataset(corpus, tokenizer, "validation", job.seq_len, cache)
-        if context.is_main:
-            barrier(context)
-        model_config = CrammedBertConfig.from_preset(
-            job.preset, vocab_size=len(tokenizer), max_position_embeddings=job.seq_len
-        )
-        torch.manual_seed(job.train.seed)
-        model = CrammedBertForMaskedLM(model_config)
-        run_config = {
-            "preset": job.preset,
-            "model": model_config.to_diff_dict(),
-            "seq_len": job.seq_len,
-            "tokenizer_size": len(tokenizer),
-            "corpus": corpus.content_hash,
-            "train": asdict(job.train),
-        }
-        run_config["train"].pop("max_minutes")  # a resumed run may get a new time budget
-        trainer = Pretrainer(
-            model,
-            train_data,
-            MLMCollator(tokenizer, seed=job.train.seed).mask_rows,
-            job.train,
-            job.output_dir,
-            context,
-            validation_sequences=validation_data,
-            run_config=json.loads(json.dumps(run_config)),
-        )
-        if job.resume and trainer.resume() and context.is_main:
-            logger.info("resumed from step %d", trainer.step)
-        final = trainer.run()
-        if context.is_main:
-            model_dir = Path(job.output_dir) / "model"
-            model.save_pretrained(model_dir)
-            tokenizer.save_pretrained(model_dir)
-            final |= {
-                "model_dir": str(model_dir),
-                "sequences": len(train_data),
-                "parameters": model.num_parameters(),
-                "preset": job.preset,
-                "name": model_config.name,
-            }
-            (Path(job.output_dir) / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-        return final
+        with run_folder_lock(job.output_dir) if context.is_main else contextlib.nullcontext():
+            if context.is_main:
+                claim_run_folder(job)
+            return _pretrain(job, context)
     finally:
         if own_context:
             shutdown(context)
+
+
+def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
+    cache = Path(job.cache_dir) if job.cache_dir else cache_root()
+    # rank 0 builds the caches (corpus, tokenizer, packed sequences) first; the others then read them
+    if not context.is_main:
+        barrier(context)
+    corpus = load_corpus_for(job, cache)
+    tokenizer = (
+        load_tokenizer(job.tokenizer)
+        if job.tokenizer
+        else tokenizer_for_corpus(corpus, job.vocab_size, cache, model_max_length=job.seq_len)
+    )
+    train_data = packed_dataset(corpus, tokenizer, "train", job.seq_len, cache)
+    validation_data = packed_dataset(corpus, tokenizer, "validation", job.seq_len, cache)
+    if context.is_main:
+        barrier(context)
+    model_config = CrammedBertConfig.from_preset(
+        job.preset, vocab_size=len(tokenizer), max_position_embeddings=job.seq_len
+    )
+    torch.manual_seed(job.train.seed)
+    model = CrammedBertForMaskedLM(model_config)
+    # compared on resume, less the keys in pretrain.RESUME_MAY_CHANGE (library version, time budget, cadences)
+    run_config = {
+        "preset": job.preset,
+        "model": model_config.to_diff_dict(),
+        "seq_len": job.seq_len,
+        "tokenizer_size": len(tokenizer),
+        "corpus": corpus.content_hash,
+        "train": asdict(job.train),
+    }
+    trainer = Pretrainer(
+        model,
+        train_data,
+        MLMCollator(tokenizer, seed=job.train.seed).mask_rows,
+        job.train,
+        job.output_dir,
+        context,
+        validation_sequences=validation_data,
+        run_config=json.loads(json.dumps(run_config)),
+    )
+    if job.resume and trainer.resume() and context.is_main:
+        logger.info("resumed from step %d", trainer.step)
+    final = trainer.run()
+    if context.is_main:
+        model_dir = Path(job.output_dir) / MODEL
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        final |= {
+            "model_dir": str(model_dir),
+            "sequences": len(train_data),
+            "parameters": model.num_parameters(),
+            "preset": job.preset,
+            "name": model_config.name,
+        }
+        (Path(job.output_dir) / FINAL).write_text(json.dumps(final, indent=2) + "\n")
+    return final
 
 
 def load_task(name: str, glue_dir: str | None, cache_dir: str | None) -> TaskData:

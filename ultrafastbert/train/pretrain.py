@@ -5,16 +5,22 @@ each sequence's mask is drawn from a generator seeded by its global position. A 
 from a checkpoint, and ``N`` processes with micro-batch ``b`` see exactly the sequences and masks one process
 with micro-batch ``N*b`` sees. The loss of an optimizer step is the sum over every masked token of the step
 divided by their global count, so both set-ups compute the same gradients.
+
+A step whose loss or gradient norm is not finite updates nothing; more than ``max_nonfinite_steps`` of them in a
+row stop the run with :class:`TrainingDivergedError`, and non-finite weights are never saved, so the last
+checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +29,23 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..model.modeling import CrammedBertScaledSinusoidalPositions
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
 from .schedule import BatchRamp, Budget, TriangleSchedule
 
+logger = logging.getLogger(__name__)
+
 # (token ids (B, S), one generator per sequence) -> (input ids, labels with -100 where not masked)
 Masker = Callable[[Tensor, Sequence[torch.Generator]], tuple[Tensor, Tensor]]
+
+# what a Pretrainer writes in its output folder
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or gradient norm stopped being finite, or the weights did; the run stopped without saving."""
 
 
 @dataclass
@@ -44,7 +60,9 @@ class PretrainConfig:
         default=0.6, metadata={"help": "share of the budget over which the batch grows from one micro-batch to final"}
     )
     max_steps: int | None = field(default=None, metadata={"help": "step budget"})
-    max_minutes: float | None = field(default=None, metadata={"help": "wall-clock budget of the training loop"})
+    max_minutes: float | None = field(
+        default=None, metadata={"help": "wall-clock budget of the training loop", "resume_may_change": True}
+    )
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     betas: tuple[float, float] = field(default=(0.9, 0.98), metadata={"help": "AdamW betas"})
     eps: float = field(default=1e-12, metadata={"help": "AdamW epsilon"})
@@ -54,10 +72,26 @@ class PretrainConfig:
     lr_peak_at: float = field(default=0.75, metadata={"help": "share of the budget at which the learning rate peaks"})
     seed: int = field(default=0, metadata={"help": "seeds the sequence order, the masks and the weights"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
-    checkpoint_every_minutes: float = field(default=10.0, metadata={"help": "minutes between checkpoints"})
-    eval_every_steps: int = field(default=0, metadata={"help": "validation every N steps (0: only at the end)"})
-    log_every_steps: int = field(default=1, metadata={"help": "metrics.jsonl record every N steps"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
+    checkpoint_every_minutes: float = field(
+        default=10.0, metadata={"help": "minutes between checkpoints", "resume_may_change": True}
+    )
+    eval_every_steps: int = field(
+        default=0, metadata={"help": "validation every N steps (0: only at the end)", "resume_may_change": True}
+    )
+    log_every_steps: int = field(
+        default=1, metadata={"help": "metrics.jsonl record every N steps", "resume_may_change": True}
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "newest checkpoints kept on disk (at least 1)", "resume_may_change": True}
+    )
+    max_nonfinite_steps: int = field(
+        default=0,
+        metadata={
+            "help": "steps in a row with a non-finite loss or gradient norm that are skipped (no update); "
+            "one more stops the run",
+            "resume_may_change": True,
+        },
+    )
     # The learned scalar of the scaled sinusoidal positions. Adam moves a lone scalar by about lr per step whatever
     # its gradient, and early MLM gradients say "positions are noise": in CPU-scale runs it reached 0 within a few
     # hundred steps, leaving a bag-of-words model stuck at unigram accuracy on [MASK] tokens. Kept fixed at its
@@ -73,6 +107,15 @@ class PretrainConfig:
     def budget(self) -> Budget:
         seconds = None if self.max_minutes is None else self.max_minutes * 60.0
         return Budget(max_steps=self.max_steps, max_seconds=seconds)
+
+
+# Keys of the compared run configuration that a resumed run may change: the software's description of itself
+# (a library upgrade changes no weight), the time budget, and settings that decide when the run saves, evaluates
+# or logs or what it does after a non-finite step, not what an optimizer step computes.
+RESUME_MAY_CHANGE = frozenset(
+    {"transformers_version", "auto_map"}
+    | {setting.name for setting in fields(PretrainConfig) if setting.metadata.get("resume_may_change")}
+)
 
 
 class SequenceOrder:
@@ -140,6 +183,8 @@ def mlm_metrics(
 @dataclass
 class StepStats:
     loss: float
+    grad_norm: float
+    skipped: bool  # not finite: no update
     masked_tokens: int
     sequences: int
     tokens: int
@@ -169,7 +214,7 @@ class Pretrainer:
         self.train_sequences, self.validation_sequences = train_sequences, validation_sequences
         self.masker, self.config = masker, config
         self.output_dir = Path(output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoint_dir = self.output_dir / CHECKPOINTS
         self.run_config = run_config or {}
         self.optimizer = build_adamw(model, config.lr, config.betas, config.eps, config.weight_decay)
         self.schedule = TriangleSchedule(config.lr_start_factor, config.lr_peak_at)
@@ -178,16 +223,31 @@ class Pretrainer:
         self.budget = config.budget
         self.order = SequenceOrder(len(train_sequences), config.seed)
         self.step, self.position, self.elapsed = 0, 0, 0.0
+        self.nonfinite_in_a_row = 0
         self._stop_requested = False
 
     # --- state ---------------------------------------------------------------------------------------------
     def _checkpoint_config(self) -> dict[str, Any]:
+        """The configuration a checkpoint must match to be resumed: the caller's ``run_config`` (model, data,
+        recipe) and the data layout. Keys named in ``RESUME_MAY_CHANGE`` are left out of the comparison."""
         return {"run": self.run_config, "world_size": self.context.world_size, "micro_batch": self.config.micro_batch}
 
     def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank checks the weights, which DDP keeps equal).
+
+        Raises :class:`TrainingDivergedError` instead of saving weights that are not finite."""
+        if not all(bool(torch.isfinite(parameter).all()) for parameter in self.model.parameters()):
+            raise TrainingDivergedError(
+                f"the weights are not finite after step {self.step}; not saved (the last checkpoint is kept)"
+            )
         if not self.context.is_main:
             return None
-        state = {"step": self.step, "position": self.position, "elapsed": self.elapsed}
+        state = {
+            "step": self.step,
+            "position": self.position,
+            "elapsed": self.elapsed,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
         return save_checkpoint(
             self.checkpoint_dir,
             self.step,
@@ -203,8 +263,9 @@ class Pretrainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
-        state = load_checkpoint(path, self.model, self.optimizer, self._checkpoint_config())
+        state = load_checkpoint(path, self.model, self.optimizer, self._checkpoint_config(), RESUME_MAY_CHANGE)
         self.step, self.position, self.elapsed = state["step"], state["position"], state["elapsed"]
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)  # absent from checkpoints of older versions
         return True
 
     # --- one optimizer step --------------------------------------------------------------------------------
@@ -240,19 +301,38 @@ class Pretrainer:
                 summed = loss.float() * count if count > 0 else loss.float() * 0.0
             (summed * scale).backward()
             loss_sum += summed.detach()
-        if self.config.clip_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.optimizer.step()
+        # DDP has summed the gradients and the loss is summed here, so every rank takes the same decision below
+        grad_norm = self._gradient_norm()
+        loss = all_reduce_sum(loss_sum.reshape(1), self.context).item() / global_masked
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        if skipped:
+            self.nonfinite_in_a_row += 1
+        else:
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
+            raise TrainingDivergedError(
+                f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
+                f"({self.nonfinite_in_a_row} non-finite step(s) in a row, {self.config.max_nonfinite_steps} allowed); "
+                "nothing saved after the last checkpoint; lower the learning rate"
+            )
         self.step += 1
-        total = all_reduce_sum(loss_sum.reshape(1), self.context).item()
         world = self.context.world_size
         return StepStats(
-            loss=total / global_masked,
+            loss=loss,
+            grad_norm=grad_norm,
+            skipped=skipped,
             masked_tokens=int(global_masked),
             sequences=sum(inputs.shape[0] for inputs, _ in batches) * world,
             tokens=sum(inputs.numel() for inputs, _ in batches) * world,
         )
+
+    def _gradient_norm(self) -> float:
+        """Norm of all gradients together (as they were before clipping); clips them to ``clip_norm`` when set."""
+        if self.config.clip_norm > 0:
+            return float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm))
+        return float(nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None]))
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, max_sequences: int | None = None) -> dict[str, float]:
@@ -281,11 +361,17 @@ class Pretrainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / "metrics.jsonl", "a") as handle:
+            with open(self.output_dir / METRICS, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     def run(self) -> dict[str, Any]:
-        """Train until the budget is spent (or SIGINT/SIGTERM: checkpoint, then return); checkpoint at the end."""
+        """Train until the budget is spent (or SIGINT/SIGTERM: checkpoint, then return); checkpoint at the end.
+
+        Raises :class:`TrainingDivergedError` when training diverges (see the module's docstring) and ``OSError``
+        when a checkpoint cannot be written (a full disk); either way the last checkpoint is left intact."""
+        if self.context.is_main:
+            for path in remove_stale_temporaries(self.checkpoint_dir):
+                logger.info("removed %s, left by a process that no longer runs", path)
         previous_handlers = self._install_signal_handlers()
         started = time.perf_counter() - self.elapsed
         last_checkpoint = time.perf_counter()
@@ -303,13 +389,17 @@ class Pretrainer:
                 self.elapsed = time.perf_counter() - started
                 record = {
                     "step": self.step,
-                    "loss": stats.loss,
+                    # strict JSON has no NaN: a non-finite value (a skipped step) is written as null
+                    "loss": stats.loss if math.isfinite(stats.loss) else None,
+                    "grad_norm": stats.grad_norm if math.isfinite(stats.grad_norm) else None,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "batch_sequences": stats.sequences,
                     "tokens_per_second": stats.tokens / max(1e-9, time.perf_counter() - step_started),
                     "elapsed": self.elapsed,
                     "progress": progress,
                 }
+                if stats.skipped:
+                    record["skipped"] = True
                 if self.config.eval_every_steps and self.step % self.config.eval_every_steps == 0:
                     record |= self.evaluate()
                 if self.step % self.config.log_every_steps == 0 or "val_loss" in record:
