@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 
 import pytest
@@ -121,6 +122,15 @@ def test_a_folder_holding_another_study_is_refused(tmp_path, small_data):
     run_study(toy(tmp_path, variants=("dense", "no-ff")), small_data)
     with pytest.raises(StudyError, match=r"other settings \(lr: folder 0.003, now 0.01\)"):
         run_study(toy(tmp_path, variants=("dense", "no-ff"), lr=0.01), small_data)
+
+
+def test_a_study_folder_in_use_is_refused_naming_the_holder(tmp_path, small_data):
+    from ultrafastbert.train.checkpointing import RunFolderError, run_folder_lock
+
+    config = toy(tmp_path, variants=("dense", "no-ff"))
+    with run_folder_lock(config.output_dir), pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
+        run_study(config, small_data)
+    assert not (tmp_path / "study" / "study.json").exists()
 
 
 def test_bad_settings_are_refused_before_any_pretraining(tmp_path, small_data):

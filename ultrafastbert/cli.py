@@ -212,6 +212,7 @@ def _add_study(study: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
     from .study import STUDY_PRESETS, StudyConfig, StudyError, run_study, study_config
+    from .train.checkpointing import RunFolderError
 
     study.add_argument(
         "--preset",
@@ -231,7 +232,7 @@ def _add_study(study: argparse.ArgumentParser) -> None:
             }
             config = study_config(args.preset, **changed)
             run_study(config, command=" ".join(["ultrafastbert", *sys.argv[1:]]))
-        except (StudyError, ValueError) as error:
+        except (StudyError, RunFolderError, ValueError) as error:
             raise SystemExit(f"ultrafastbert study: error: {error}") from None
         return 0
 

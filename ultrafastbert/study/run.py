@@ -38,6 +38,7 @@ from ..fff import FFF, kernels
 from ..model.configuration import CrammedBertConfig
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertFeedForward, CrammedBertForMaskedLM
+from ..train.checkpointing import run_folder_lock
 from ..train.finetune import SeedResult, TaskResult, capped, finetune_seed, majority_baseline
 from ..train.pretrain import PretrainConfig, Pretrainer, mask_generators
 from .config import StudyConfig, StudyError
@@ -275,6 +276,11 @@ def time_feedforwards(config: StudyConfig) -> dict[str, Any]:
 def run_study(config: StudyConfig, default_data: Any | None = None, command: str | None = None) -> dict[str, Any]:
     """Run (or continue) the study and write its report; returns the report's JSON content. ``command``, the
     command line that ran it, goes into the report; ``default_data`` replaces the embedded data (tests)."""
+    with run_folder_lock(config.output_dir):
+        return _run_study(config, default_data, command)
+
+
+def _run_study(config: StudyConfig, default_data: Any | None, command: str | None) -> dict[str, Any]:
     out = claim_folder(config)
     _log(f"folder {out}; preparing data")
     data = load_study_data(config, default_data)

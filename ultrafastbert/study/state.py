@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..train.checkpointing import LOCK
 from .config import StudyConfig, StudyError
 
 
@@ -40,7 +41,7 @@ def claim_folder(config: StudyConfig) -> Path:
                 f"{out} holds a study with other settings ({details}); rerun with the same settings to continue "
                 "it, or choose another --output"
             )
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(path.name != LOCK for path in out.iterdir()):
         raise StudyError(f"{out} exists and holds something other than a study; choose another --output")
     write_json(settings_file, config.settings())
     return out
