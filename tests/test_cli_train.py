@@ -1,5 +1,6 @@
 """The training commands end to end on small local files: pretrain -> evaluate -> finetune (GLUE TSV layout), and
-pretrain's one-line refusals (a folder holding a run, a folder in use, a diverging run)."""
+the one-line refusals of mistakes before any work (a folder holding a run, a folder in use, a diverging run, flags
+that make no sense, finetuning tasks or outputs that would fail later)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from ultrafastbert.cli import main
+from ultrafastbert.train import jobs
 from ultrafastbert.train.checkpointing import run_folder_lock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHORT_MODEL = FIXTURES / "mlm_fff_1x3"  # max_position_embeddings 16
 
 WORDS = "the a cat dog sat ran on under mat rug big small red blue quick slow and then it was".split()
 
@@ -76,7 +82,7 @@ def test_pretrain_without_a_budget_is_refused(tmp_path):
 
 def test_pretrain_on_a_missing_corpus_file_fails_clearly(tmp_path):
     args = ["pretrain", "--output", str(tmp_path / "run"), "--corpus", str(tmp_path / "nope.txt"), "--max-steps", "1"]
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(SystemExit, match=r"^ultrafastbert pretrain: error: .*nope\.txt"):
         main([*args, "--cache-dir", str(tmp_path / "cache")])
 
 
@@ -115,3 +121,83 @@ def test_a_diverging_pretraining_stops_with_one_line_and_no_model(pretrained, tm
     message = str(stopped.value.code)
     assert message.startswith("ultrafastbert pretrain: error: training diverged at step ") and "\n" not in message
     assert not (tmp_path / "model").exists() and not (tmp_path / "final.json").exists()
+
+
+def write_sst2(root: Path, words: int = 6, train: int = 32, dev: int = 16) -> Path:
+    """A GLUE folder holding SST-2 only, with sentences of ``words`` words; returns the GLUE folder."""
+    rng = random.Random(1)
+    task_dir = root / "glue" / "SST-2"
+    task_dir.mkdir(parents=True)
+    for split, size in (("train", train), ("dev", dev)):
+        rows = [f"{' '.join(rng.choices(WORDS, k=words))}\t{rng.randint(0, 1)}" for _ in range(size)]
+        (task_dir / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return root / "glue"
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["finetune", "--model", str(SHORT_MODEL), "--tasks", "sst2", "nosuchtask"], "unknown task 'nosuchtask'"),
+        (["finetune", "--model", str(SHORT_MODEL), "--tasks", "sst2", "--epochs", "0"], "argument --epochs: must be"),
+        (["finetune", "--model", str(SHORT_MODEL), "--tasks", "sst2", "--epochs=-1"], "argument --epochs: must be"),
+        (["finetune", "--model", str(SHORT_MODEL), "--tasks", "sst2", "--max-train-examples", "0"], "must be > 0"),
+        (["finetune", "--model", str(SHORT_MODEL), "--tasks", "sst2", "--max-length", "0"], "must be > 0"),
+        (["pretrain", "--output", "run", "--max-minutes", "nan"], "argument --max-minutes: must be a finite number"),
+        (["evaluate", "--model", str(SHORT_MODEL), "--max-sequences", "0"], "argument --max-sequences: must be > 0"),
+    ],
+)
+def test_flags_that_make_no_sense_are_refused_by_argparse(argv, reason, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and reason in error
+    if "nosuchtask" in argv:
+        assert "known tasks: wn-pos, " in error and "sst2" in error
+
+
+def test_finetune_checks_model_tasks_and_output_before_any_training(tmp_path, monkeypatch):
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a task trained before the job was checked")
+
+    monkeypatch.setattr(jobs, "finetune_task", must_not_train)
+    glue = write_sst2(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    base = ["finetune", "--model", str(SHORT_MODEL), "--output", str(tmp_path / "results" / "out")]
+    for extra, reason in (
+        (["--tasks", "sst2", "cola", "--glue-dir", str(glue)], "GLUE task 'cola': no train.tsv"),
+        (["--tasks", "sst2"], "'sst2' is a GLUE task: give the folder holding GLUE's tasks with --glue-dir"),
+        (["--tasks", "sst2", "--glue-dir", str(glue), "--max-length", "64"], "max_length 64 exceeds the model's"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main([*base, *extra])
+        assert str(refused.value.code).startswith("ultrafastbert finetune: error: ") and reason in refused.value.code
+    unwritable = ["--output", str(tmp_path / "a-file" / "out"), "--tasks", "sst2", "--glue-dir", str(glue)]
+    with pytest.raises(SystemExit, match=r"cannot write the results to .*a-file is not a folder"):
+        main([*base, *unwritable])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "glue"]  # nothing written
+
+
+def test_finetune_truncates_to_the_models_own_sequence_length(tmp_path):
+    glue = write_sst2(tmp_path, words=40, train=8, dev=8)  # 40 words: longer than the model's 16 positions
+    output = tmp_path / "results"
+    args = ["finetune", "--model", str(SHORT_MODEL), "--tasks", "SST-2", "--glue-dir", str(glue), "--seeds", "0"]
+    assert main([*args, "--output", str(output), "--epochs", "1", "--batch-size", "4"]) == 0
+    saved = json.loads(output.with_suffix(".json").read_text())
+    assert saved["config"]["max_length"] == 16 and saved["tasks"][0]["task"] == "sst2"
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--device", "tpu"], "unknown device 'tpu'; choose one of auto, cpu, cuda"),
+        (["--preset", "tiny-ufb-1x99"], "fff_depth <= 20, got 1, 99"),
+        (["--preset", "tiny-bert"], "unknown model preset 'tiny-bert'"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "device 'cuda' asked for, but")]),
+)
+def test_pretrain_mistakes_end_in_one_line_before_any_work(tmp_path, extra, reason):
+    with pytest.raises(SystemExit) as refused:
+        main(["pretrain", "--output", str(tmp_path / "run"), "--max-steps", "1", *extra])
+    message = str(refused.value.code)
+    assert message.startswith("ultrafastbert pretrain: error: ") and reason in message and "\n" not in message
+    assert not (tmp_path / "run").exists()

@@ -15,6 +15,7 @@ from ultrafastbert.data.tasks import (
     compute_metrics,
     load_glue_task,
     read_glue_tsv,
+    task_name,
 )
 from ultrafastbert.data.tokenizer import train_tokenizer
 
@@ -193,9 +194,20 @@ def test_bad_glue_inputs_give_clear_errors(glue_root, tmp_path):
                    "0\tg\tf\t2012\t1\tn\tn\tA.\tB.\tfive\n")  # fmt: skip
     with pytest.raises(ValueError, match=r"bad.tsv:2: score 'five' is not a number"):
         read_glue_tsv(bad, GLUE_TASKS["stsb"])
+    for score in ("nan", "inf", "-Infinity"):
+        bad.write_text("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+                       f"0\tg\tf\t2012\t1\tn\tn\tA.\tB.\t1.5\n1\tg\tf\t2012\t1\tn\tn\tA.\tB.\t{score}\n")  # fmt: skip
+        with pytest.raises(ValueError, match=rf"bad.tsv:3: score '{score}' is not a finite number"):
+            read_glue_tsv(bad, GLUE_TASKS["stsb"])
     bad.write_text("gj04\t1\tonly three fields\n")
     with pytest.raises(ValueError, match=r"bad.tsv:1: expected 4 tab-separated fields, got 3"):
         read_glue_tsv(bad, GLUE_TASKS["cola"])
+
+
+def test_task_names_are_canonical_or_refused_with_the_known_ones():
+    assert [task_name(name) for name in ("wn-pos", "SST-2", "sts-b", "mnli")] == ["wn-pos", "sst2", "stsb", "mnli"]
+    with pytest.raises(ValueError, match=r"unknown task 'nosuchtask'; known tasks: wn-pos, .*, cola, sst2"):
+        task_name("nosuchtask")
 
 
 def test_task_collator(glue_root):

@@ -205,8 +205,13 @@ def test_bad_input_gives_a_clear_error(x, error, message):
 def test_bad_configuration_gives_a_clear_error():
     with pytest.raises(ValueError, match="unknown FFF impl"):
         FFF(8, 2, impl="fast")
-    with pytest.raises(ValueError, match="depth >= 0"):
+    with pytest.raises(ValueError, match="0 <= depth <= 20"):
         FFF(8, -1)
+    with pytest.raises(ValueError, match="0 <= depth <= 20, trees >= 1; got width=8, depth=40"):
+        FFF(8, 40)  # 2**41 nodes: refused before any allocation
+    for depth in (2.5, "3", True):
+        with pytest.raises(TypeError, match="FFF depth must be an integer"):
+            FFF(8, depth)
     layer = FFF(8, 2)
     with pytest.raises(ValueError, match="unknown FFF impl"):
         layer.impl = "dense"

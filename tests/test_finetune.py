@@ -12,7 +12,7 @@ from ultrafastbert.data.tasks import Example, TaskData
 from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.model.configuration import CrammedBertConfig
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
-from ultrafastbert.train.finetune import FinetuneConfig, finetune_task, write_results
+from ultrafastbert.train.finetune import FinetuneConfig, SeedResult, TaskResult, finetune_task, write_results
 
 ANIMALS, COLOURS, TOOLS = ["cat", "dog", "horse", "bird"], ["red", "blue", "green", "pink"], ["saw", "drill", "axe"]
 FILLER = ["the", "a", "was", "near", "over", "under", "and", "it", "seen", "today"]
@@ -103,3 +103,29 @@ def test_capped_subsets_are_uniform_not_the_head_of_a_sorted_file():
     assert len(subset) == 40 and subset == capped(examples, 40)
     assert {example.label for example in subset} == {0, 1, 2, 3}
     assert capped(examples, None) is examples and capped(examples, 1000) is examples
+
+
+def test_config_refuses_nonsense_and_truncates_to_the_model_by_default():
+    for settings, field_name in (
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": -1.0}, "epochs"),
+        ({"max_train_examples": 0}, "max_train_examples"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"warmup_fraction": 1.5}, "warmup_fraction"),
+    ):
+        with pytest.raises(ValueError, match=rf"FinetuneConfig\.{field_name} must"):
+            FinetuneConfig(**settings)
+    with pytest.raises(ValueError, match="at least one seed"):
+        FinetuneConfig(seeds=())
+    model_config = CrammedBertConfig.from_preset("tiny-ufb-1x2", max_position_embeddings=32)
+    assert FinetuneConfig().max_length_for(model_config) == 32
+    assert FinetuneConfig(max_length=16).max_length_for(model_config) == 16
+    with pytest.raises(ValueError, match="max_length 64 exceeds the model's max_position_embeddings=32"):
+        FinetuneConfig(max_length=64).max_length_for(model_config)
+
+
+def test_results_are_written_whole(tmp_path):
+    seed = SeedResult(0, {"validation": {"accuracy": 0.5}}, 10, 1.0, 0.7)
+    write_results([TaskResult("t", "accuracy", [seed])], tmp_path / "out")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.json", "out.md"]  # no temporaries left
+    assert json.loads((tmp_path / "out.json").read_text())["tasks"][0]["median"]["validation"]["accuracy"] == 0.5

@@ -8,7 +8,15 @@ from typing import Literal
 
 import pytest
 
-from ultrafastbert.flags import DefaultsHelpFormatter, add_flags, from_flags
+from ultrafastbert.flags import (
+    DefaultsHelpFormatter,
+    add_flags,
+    check_fields,
+    fraction,
+    from_flags,
+    positive,
+    positive_int,
+)
 
 
 def even(text: str) -> int:
@@ -123,3 +131,57 @@ def test_choices_from_metadata_apply_to_each_element():
     assert from_flags(Pick, parser.parse_args(["--shapes", "b", "a"])).shapes == ("b", "a")
     with pytest.raises(SystemExit):
         parser.parse_args(["--shapes", "c"])
+
+
+@dataclass
+class Checked:
+    epochs: float = field(default=1.0, metadata={"check": positive})
+    share: float = field(default=0.5, metadata={"check": fraction})
+    cap: int | None = field(default=None, metadata={"check": positive})
+    sizes: tuple[int, ...] = field(default=(1,), metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def test_float_flags_refuse_nan_and_infinity(capsys):
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit) as refused:
+            parse("--output", "run", f"--lr={value}")
+        assert refused.value.code == 2 and "argument --lr: must be a finite number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("--output", "run", "--betas", "0.9", "nan")
+    assert "argument --betas: must be a finite number, got nan" in capsys.readouterr().err
+
+
+def test_field_checks_refuse_nonsense_on_the_command_line_and_in_python(capsys):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Checked)
+    for argv, reason in (
+        (("--epochs", "0"), "argument --epochs: must be > 0, got 0.0"),
+        (("--epochs", "-2"), "argument --epochs: must be > 0, got -2.0"),
+        (("--share", "1.5"), "argument --share: must lie in [0, 1], got 1.5"),
+        (("--cap", "0"), "argument --cap: must be > 0, got 0"),
+        (("--cap", "x"), "argument --cap: invalid int value: 'x'"),
+        (("--sizes", "4", "-1"), "argument --sizes: must be > 0, got -1"),
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert reason in capsys.readouterr().err
+    parsed = from_flags(Checked, parser.parse_args(["--epochs", "0.5", "--cap", "3"]))
+    assert (parsed.epochs, parsed.cap) == (0.5, 3)
+    with pytest.raises(ValueError, match=r"Checked\.epochs must be > 0, got 0"):
+        Checked(epochs=0)
+    with pytest.raises(ValueError, match=r"Checked\.sizes must be > 0, got 0"):
+        Checked(sizes=(2, 0))
+    assert Checked(cap=None).cap is None  # None is "no cap", never checked
+
+
+def test_positive_int_is_a_type_for_plain_flags(capsys):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--top-k", type=positive_int, default=5)
+    assert parser.parse_args(["--top-k", "2"]).top_k == 2
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--top-k", value])
+        assert f"argument --top-k: must be > 0, got {value}" in capsys.readouterr().err

@@ -323,11 +323,63 @@ def test_attention_mask_of_wrong_shape_is_refused() -> None:
         model(input_ids, mask[:, :-1])
 
 
+def test_attention_mask_values_other_than_0_and_1_are_refused() -> None:
+    model = tiny_model(CrammedBertModel).eval()
+    input_ids, mask = batch()
+    for bad in (2, -1):
+        corrupted = mask.clone()
+        corrupted[0, 3] = bad
+        with pytest.raises(ValueError, match=rf"only 0 \(padding\) and 1 \(attend\), found \[{bad}\]"):
+            model(input_ids, corrupted)
+    with pytest.raises(ValueError, match=r"found \[0.5"):
+        model(input_ids, mask.float() * 0.5)
+    expected = model(input_ids, mask.bool()).last_hidden_state  # booleans are 0/1 too
+    torch.testing.assert_close(model(input_ids, mask.float()).last_hidden_state, expected)
+
+
+def test_attention_mask_check_is_skipped_while_compiling() -> None:
+    _, mask = batch()
+
+    def bias(mask: torch.Tensor) -> torch.Tensor:
+        return CrammedBertModel._attention_bias(mask, mask.shape)
+
+    compiled = torch.compile(bias, backend="eager", fullgraph=True)  # a data-dependent branch would raise
+    torch.testing.assert_close(compiled(mask), bias(mask))
+
+
 def test_invalid_configs_are_refused() -> None:
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(num_attention_heads=5)
     with pytest.raises(ValueError, match="fff_impl"):
         tiny_config(fff_impl="magic")
+    with pytest.raises(ValueError, match="fff_depth <= 20, got 2, 99"):
+        CrammedBertConfig.from_preset("tiny-ufb-2x99")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("ffn_type", "bogus", r"one of \('fff', 'dense', 'none'\)"),
+        ("hidden_act", "bogus", r"one of \('gelu', 'gelu_glu'\)"),
+        ("classifier_pooling", "first", "one of"),
+        ("hidden_size", "16", "expected int, got str"),
+        ("num_hidden_layers", 2.0, "expected int, got float"),
+    ],
+)
+def test_config_values_of_the_wrong_kind_are_refused_by_name(key: str, value: object, expected: str) -> None:
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"(?s)field '{key}'.*{expected}"):
+        tiny_config(**{key: value})
+
+
+def test_config_json_of_the_wrong_types_names_the_key(tmp_path: Path) -> None:
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    folder = saved(tmp_path, tiny_model())
+    edit_config(folder, num_attention_heads="4")
+    with pytest.raises(StrictDataclassFieldValidationError, match="field 'num_attention_heads'"):
+        AutoModelForMaskedLM.from_pretrained(folder)
 
 
 # --- bad checkpoints ------------------------------------------------------------------------------------------
@@ -404,4 +456,20 @@ def test_tied_copy_that_differs_is_refused(tmp_path: Path) -> None:
         AutoModelForMaskedLM.from_pretrained(folder)
     edit_weights(folder, lambda w: w.pop("encoder.embedding.word_embedding.weight"))
     with pytest.raises(CheckpointError, match="no encoder.embedding.word_embedding.weight"):
+        AutoModelForMaskedLM.from_pretrained(folder)
+
+
+def corrupt_tensor_bytes(path: Path, key: str) -> None:
+    """Overwrite the first 4 bytes of tensor ``key`` in a safetensors file with 0xFF (a float32 NaN), in place."""
+    raw = bytearray(path.read_bytes())
+    header_size = int.from_bytes(raw[:8], "little")
+    start = json.loads(raw[8 : 8 + header_size])[key]["data_offsets"][0] + 8 + header_size
+    raw[start : start + 4] = b"\xff" * 4
+    path.write_bytes(bytes(raw))
+
+
+def test_weights_that_are_not_finite_are_refused_by_name(tmp_path: Path) -> None:
+    folder = saved(tmp_path, tiny_model())
+    corrupt_tensor_bytes(folder / "model.safetensors", "encoder.layers.1.ffn.linear_out.weight")
+    with pytest.raises(CheckpointError, match=r"non-finite.*encoder\.layers\.1\.ffn\.linear_out\.weight \(1 of"):
         AutoModelForMaskedLM.from_pretrained(folder)

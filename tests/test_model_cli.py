@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def test_fill_mask_returns_top_k_per_mask(capsys: pytest.CaptureFixture[str]) ->
     assert [p.token_id for p in predictions[0]] == logits[position].topk(2).indices.tolist()
     with pytest.raises(ValueError, match="mask token"):
         fill_mask(model, tokenizer, "no mask here")
+    with pytest.raises(ValueError, match="top_k must be >= 1, got 0"):
+        fill_mask(model, tokenizer, "the quick <mask> fox", top_k=0)
 
 
 def test_classify_reads_lines_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,6 +55,8 @@ def test_classify_reads_lines_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys
     regression = FIXTURES / "cls_dense_zero_index_1label"
     model = CrammedBertForSequenceClassification.from_pretrained(regression).eval()
     assert classify(model, load_tokenizer(regression), ["the fox"])[0].label is None
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got -1"):
+        classify(model, load_tokenizer(regression), ["the fox"], batch_size=-1)
 
 
 def test_convert_command_writes_both_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,3 +94,99 @@ def test_model_benchmark_command_line(tmp_path: Path) -> None:
     assert written["machine"]["torch_threads"] == 1
     names = {r["name"] for r in written["results"]}
     assert {"UltraFastBERT-1x2 default (fast)", "crammedBERT dense (GELUglu 32)"} <= names
+
+
+def copy_of(folder: Path, destination: Path, leave_out: tuple[str, ...] = ()) -> Path:
+    destination.mkdir()
+    for path in folder.iterdir():
+        if path.name not in leave_out:
+            (destination / path.name).write_bytes(path.read_bytes())
+    return destination
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["classify", "--batch-size", "-1"], "argument --batch-size: must be > 0, got -1"),
+        (["classify", "--batch-size", "0"], "argument --batch-size: must be > 0, got 0"),
+        (["fill-mask", "--top-k", "0", "a <mask>"], "argument --top-k: must be > 0, got 0"),
+    ],
+)
+def test_counts_that_are_not_positive_are_refused(argv, reason, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--model", str(FIXTURES / "cls_fff_1x3_avg_3labels")])
+    assert refused.value.code == 2 and reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["no/such/model", "/no/such/model"])
+def test_a_model_folder_that_does_not_exist_is_a_local_error(model, monkeypatch, capsys) -> None:
+    def no_downloads(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", no_downloads)
+    monkeypatch.setattr("huggingface_hub.file_download.hf_hub_download", no_downloads)
+    with pytest.raises(SystemExit) as refused:
+        main(["fill-mask", "--model", model, "a <mask>"])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and f"argument --model: no folder {model}" in error and "Repo id" not in error
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["classify", "--model", str(tmp_path)])
+    assert f"{tmp_path} holds no config.json" in capsys.readouterr().err
+
+
+def test_the_command_line_is_offline_unless_told_otherwise(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(SystemExit):
+        main(["fill-mask", "--help"])
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(SystemExit):
+        main(["fill-mask", "--help"])
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and constants.HF_HUB_OFFLINE is False
+
+
+def test_a_folder_without_tokenizer_says_so_in_one_line(tmp_path: Path, capsys) -> None:
+    folder = copy_of(FIXTURES / "mlm_fff_1x3", tmp_path / "model", leave_out=("tokenizer.json",))
+    with pytest.raises(SystemExit) as refused:
+        main(["fill-mask", "--model", str(folder), "a <mask>"])
+    message = str(refused.value.code)
+    assert message.startswith("ultrafastbert fill-mask: error: ") and "\n" not in message
+    assert f"{folder} has no tokenizer.json" in message
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):  # --debug: the traceback
+        main(["--debug", "fill-mask", "--model", str(folder), "a <mask>"])
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path: Path) -> None:
+    from test_model import corrupt_tensor_bytes
+
+    folder = copy_of(FIXTURES / "mlm_fff_1x3", tmp_path / "model")
+    corrupt_tensor_bytes(folder / "model.safetensors", "encoder.layers.0.ffn.linear_in.weight")
+    with pytest.raises(SystemExit) as refused:
+        main(["fill-mask", "--model", str(folder), "a <mask>"])
+    message = str(refused.value.code)
+    assert "non-finite weights" in message and "encoder.layers.0.ffn.linear_in.weight" in message
+    assert "\n" not in message
+
+
+def test_classify_skips_lines_that_are_not_utf8_and_names_them(monkeypatch, capsys) -> None:
+    folder = FIXTURES / "cls_fff_1x3_avg_3labels"
+    raw = b"the fox is quick\n\xff\xfe not text\na dog\tthe fox\n\nlanguage \xc3 models\nthe end\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw)))
+    assert main(["classify", "--model", str(folder), "--batch-size", "2"]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 3
+    assert [line for line in captured.err.splitlines() if "UTF-8" in line] == [
+        "ultrafastbert classify: line 2 of stdin is not UTF-8 text; skipped",
+        "ultrafastbert classify: line 5 of stdin is not UTF-8 text; skipped",
+    ]
+    model = CrammedBertForSequenceClassification.from_pretrained(folder).eval()
+    texts = ["the fox is quick", "a dog\tthe fox", "the end"]
+    expected = classify(model, load_tokenizer(folder), texts, batch_size=2)  # avg pooling counts the padding
+    assert captured.out.splitlines() == [f"{p.label}\t{p.score:.4f}" for p in expected]

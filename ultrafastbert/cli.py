@@ -1,13 +1,36 @@
 """Command line: ``ultrafastbert <command>``. Thin: the flags of the training, demo and benchmark commands come
-from their config dataclasses (``flags.py``), and a command imports its modules only when it is the one run."""
+from their config dataclasses (``flags.py``), and a command imports its modules only when it is the one run.
+
+Input is checked before work starts: a flag that makes no sense is an argparse error, and a mistake found later
+(a bad file, a checkpoint that does not fit) ends the command with one line and a non-zero exit code;
+``ultrafastbert --debug <command>`` shows the traceback instead. Models are read from local folders only: the
+Hugging Face hub is off (``HF_HUB_OFFLINE=1``) unless the environment sets ``HF_HUB_OFFLINE`` itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
-from .flags import DefaultsHelpFormatter, add_flags, from_flags
+from .flags import DefaultsHelpFormatter, add_flags, flag_type, from_flags, positive_int
+
+CONFIG_FILE = "config.json"
+
+
+def _model_folder(text: str) -> str:
+    """``--model``: a local folder holding a ``config.json`` (never a hub name: nothing is downloaded)."""
+    folder = Path(text)
+    if not folder.is_dir():
+        raise ValueError(f"no folder {text} (models are read from local folders; nothing is downloaded)")
+    if not (folder / CONFIG_FILE).is_file():
+        raise ValueError(f"{text} holds no {CONFIG_FILE}: not a saved model folder")
+    return text
+
+
+model_folder = flag_type(_model_folder)
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
@@ -62,7 +85,7 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
 
 
 def _add_convert(convert: argparse.ArgumentParser) -> None:
-    convert.add_argument("source", help="checkpoint folder (either format)")
+    convert.add_argument("source", type=model_folder, help="checkpoint folder (either format)")
     convert.add_argument("destination", help="folder to write")
     convert.add_argument("--to", choices=("clean", "original"), default="clean", help="format to write")
 
@@ -76,16 +99,19 @@ def _add_convert(convert: argparse.ArgumentParser) -> None:
 
 
 def _add_fill_mask(fill: argparse.ArgumentParser) -> None:
-    fill.add_argument("--model", required=True, help="masked-LM checkpoint folder (with its tokenizer)")
-    fill.add_argument("--top-k", type=int, default=5, help="predictions per mask")
+    fill.add_argument(
+        "--model", required=True, type=model_folder, help="masked-LM checkpoint folder (with its tokenizer)"
+    )
+    fill.add_argument("--top-k", type=positive_int, default=5, help="predictions per mask")
     fill.add_argument("text", help='text with one or more <mask>, e.g. "paris is the <mask> of france"')
 
     def run(args: argparse.Namespace) -> int:
         from .model import CrammedBertForMaskedLM, load_tokenizer
         from .model.inference import fill_mask
 
+        tokenizer = load_tokenizer(args.model)
         model = CrammedBertForMaskedLM.from_pretrained(args.model).eval()
-        predictions = fill_mask(model, load_tokenizer(args.model), args.text, top_k=args.top_k)
+        predictions = fill_mask(model, tokenizer, args.text, top_k=args.top_k)
         for index, candidates in enumerate(predictions):
             for rank, candidate in enumerate(candidates, start=1):
                 print(f"mask {index}\t{rank}\t{candidate.token}\t{candidate.probability:.4f}")
@@ -94,21 +120,40 @@ def _add_fill_mask(fill: argparse.ArgumentParser) -> None:
     fill.set_defaults(handler=run)
 
 
+def _stdin_lines() -> tuple[list[str], list[int]]:
+    """The non-blank lines of stdin, and the numbers of the lines that are not UTF-8 text (left out)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream (tests, embedding): decoded already
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()], []
+    lines, undecodable = [], []
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            undecodable.append(number)
+            continue
+        if line.strip():
+            lines.append(line)
+    return lines, undecodable
+
+
 def _add_classify(classify: argparse.ArgumentParser) -> None:
-    classify.add_argument("--model", required=True, help="sequence-classification checkpoint folder")
-    classify.add_argument("--batch-size", type=int, default=32, help="lines per forward pass")
+    classify.add_argument("--model", required=True, type=model_folder, help="sequence-classification checkpoint folder")
+    classify.add_argument("--batch-size", type=positive_int, default=32, help="lines per forward pass")
 
     def run(args: argparse.Namespace) -> int:
         from .model import CrammedBertForSequenceClassification, load_tokenizer
         from .model.inference import classify as classify_texts
 
-        model = CrammedBertForSequenceClassification.from_pretrained(args.model).eval()
         tokenizer = load_tokenizer(args.model)
-        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        model = CrammedBertForSequenceClassification.from_pretrained(args.model).eval()
+        lines, undecodable = _stdin_lines()
+        for number in undecodable:
+            print(f"ultrafastbert classify: line {number} of stdin is not UTF-8 text; skipped", file=sys.stderr)
         for prediction in classify_texts(model, tokenizer, lines, batch_size=args.batch_size):
             label = "" if prediction.label is None else f"{prediction.label}\t"
             print(f"{label}{prediction.score:.4f}")
-        return 0
+        return 1 if undecodable else 0
 
     classify.set_defaults(handler=run)
 
@@ -123,8 +168,11 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
     add_flags(pretrain.add_argument_group("training"), PretrainConfig)
 
     def run(args: argparse.Namespace) -> int:
+        from .model.configuration import CrammedBertConfig
+
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
+        CrammedBertConfig.from_preset(args.preset, max_position_embeddings=args.seq_len)  # refused before any work
         try:
             final = pretrain_job(from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args)))
         except (RunFolderError, CheckpointError, TrainingDivergedError) as error:
@@ -140,11 +188,14 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
 
 
 def _add_finetune(finetune: argparse.ArgumentParser) -> None:
+    from .data.tasks import task_name
     from .train.finetune import FinetuneConfig
     from .train.jobs import finetune_job
 
-    finetune.add_argument("--model", required=True, help="pretrained model folder (with tokenizer)")
-    finetune.add_argument("--tasks", nargs="+", required=True, help="local or GLUE task names (listed above)")
+    finetune.add_argument("--model", required=True, type=model_folder, help="pretrained model folder (with tokenizer)")
+    finetune.add_argument(
+        "--tasks", nargs="+", required=True, type=flag_type(task_name), help="local or GLUE task names (listed above)"
+    )
     finetune.add_argument("--glue-dir", help="folder holding GLUE task folders (CoLA/, SST-2/, ...)")
     finetune.add_argument("--output", default="results/finetune", help="path prefix for .json and .md")
     finetune.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
@@ -160,10 +211,10 @@ def _add_finetune(finetune: argparse.ArgumentParser) -> None:
 
 def _add_validation_text_flags(parser: argparse.ArgumentParser, model_help: str, max_sequences: int) -> None:
     """The flags of the commands that run a saved model on a corpus's validation split."""
-    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--model", required=True, type=model_folder, help=model_help)
     parser.add_argument("--corpus", nargs="*", default=[], help="text files (default: the embedded corpus)")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    parser.add_argument("--max-sequences", type=int, default=max_sequences, help="validation sequences used")
+    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence")
+    parser.add_argument("--max-sequences", type=positive_int, default=max_sequences, help="validation sequences used")
     parser.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
 
 
@@ -276,7 +327,8 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     "finetune": (
         "finetune + evaluate a pretrained model on GLUE or local tasks (median of seeds)",
         "Tasks: the local ones (wn-pos, wn-supersense, wn-sense-match, fortune-topic) or GLUE's (cola, sst2, mrpc, "
-        "stsb, qqp, mnli, qnli, rte) from --glue-dir in GLUE's TSV layout.",
+        "stsb, qqp, mnli, qnli, rte) from --glue-dir in GLUE's TSV layout. The model, every task's data and "
+        "--output are checked before the first task trains.",
         _add_finetune,
     ),
     "evaluate": ("MLM validation loss/accuracy of a pretrained model", None, _add_evaluate),
@@ -308,6 +360,7 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         prog="ultrafastbert",
         description="UltraFastBERT: fast feedforward (FFF) layers and the crammedBERT models built from them.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, add) in COMMANDS.items():
         command = subparsers.add_parser(
@@ -318,10 +371,37 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
     return parser
 
 
+def _work_offline() -> None:
+    """Nothing is downloaded at run time: the Hugging Face hub is off for this process and those it starts, unless
+    the environment says otherwise. ``huggingface_hub`` reads the variable when imported, which importing this
+    package already did, so its flag is set too."""
+    if "HF_HUB_OFFLINE" in os.environ:
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Errors that report bad input (flags, files, checkpoints, configs) rather than a bug in this program."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    return isinstance(error, (ValueError, OSError, StrictDataclassError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(commands=argv[:1]).parse_args(argv)
-    return args.handler(args)
+    _work_offline()
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(commands=[command] if command else []).parse_args(argv)
+    try:
+        return args.handler(args)
+    except Exception as error:
+        if args.debug or not _is_user_error(error):
+            raise
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise SystemExit(f"ultrafastbert {args.command}: error: {message}") from None
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ builds the dataclass back from the parsed namespace. Per-field ``metadata`` keys
   annotation's; a ``ValueError`` it raises is shown to the user as the reason.
 - ``nargs``: for tuples and lists, ``"*"`` to accept an empty list (default ``"+"``).
 - ``choices``: the values accepted (for a tuple field: for each element).
+- ``check``: a function of one parsed value that raises ``ValueError`` when the value makes no sense (``positive``,
+  ``fraction``); argparse refuses such a flag with that message, and the dataclass can run the same checks on
+  values given in Python with ``check_fields(self)`` in its ``__post_init__``.
 
-Annotations understood: ``int``, ``float``, ``str``, ``bool`` (``store_true``, or ``--no-<name>`` when the
-default is ``True``), ``Literal[...]`` (choices), ``X | None``, ``tuple[X, ...]`` and ``list[X]`` (``nargs``) and
-``tuple[X, Y]`` (a fixed count). Fields holding a dataclass are not flags: the caller builds them (from their own
-flags) and passes them to ``from_flags``. Any other annotation is a ``TypeError`` when the flags are added.
+Annotations understood: ``int``, ``float`` (finite only: ``nan`` and ``inf`` are refused), ``str``, ``bool``
+(``store_true``, or ``--no-<name>`` when the default is ``True``), ``Literal[...]`` (choices), ``X | None``,
+``tuple[X, ...]`` and ``list[X]`` (``nargs``) and ``tuple[X, Y]`` (a fixed count). Fields holding a dataclass are
+not flags: the caller builds them (from their own flags) and passes them to ``from_flags``. Any other annotation is
+a ``TypeError`` when the flags are added. For plain ``add_argument`` flags, ``flag_type(convert, *checks)`` makes
+such a ``type`` from any converter, and ``positive_int`` is the one of a count.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -80,30 +86,77 @@ def _default(field: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def _user_converter(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``convert`` whose ``ValueError`` message reaches the user (argparse otherwise says only "invalid value")."""
+def positive(value: float) -> None:
+    """Field check: the value is > 0 (a count, a size, a duration)."""
+    if not value > 0:
+        raise ValueError(f"must be > 0, got {value}")
+
+
+def fraction(value: float) -> None:
+    """Field check: the value is a share, in [0, 1]."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"must lie in [0, 1], got {value}")
+
+
+def _finite(value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+
+
+def check_fields(instance: Any) -> None:
+    """Run the ``check`` of every field of the dataclass ``instance`` on its value (each element of a tuple or
+    list; ``None`` is not checked): a ``ValueError`` naming the field, for values given in Python."""
+    for field in dataclasses.fields(instance):
+        check = field.metadata.get("check")
+        value = getattr(instance, field.name)
+        if check is None or value is None:
+            continue
+        for element in value if isinstance(value, (tuple, list)) else (value,):
+            try:
+                check(element)
+            except ValueError as error:
+                raise ValueError(f"{type(instance).__name__}.{field.name} {error}") from None
+
+
+def flag_type(convert: Callable[[str], Any], *checks: Callable[[Any], None]) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` followed by ``checks``, whose ``ValueError`` messages reach the user
+    (argparse otherwise says only "invalid value")."""
 
     def parse(text: str) -> Any:
         try:
-            return convert(text)
+            value = convert(text)
+        except ValueError as error:
+            if convert in _SCALARS:  # the builtins' own messages ("could not convert string to float") say less
+                raise argparse.ArgumentTypeError(f"invalid {convert.__name__} value: {text!r}") from None
+            raise argparse.ArgumentTypeError(str(error)) from None
+        try:
+            for check in checks:
+                check(value)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+        return value
 
     parse.__name__ = getattr(convert, "__name__", "value")
     return parse
 
 
+positive_int = flag_type(int, positive)
+
+
 def _scalar_kwargs(annotation: Any, field: dataclasses.Field, cls: type) -> dict[str, Any]:
     """``type`` / ``choices`` for one value of ``annotation``."""
+    checks = [field.metadata["check"]] if "check" in field.metadata else []
+    if annotation is float:
+        checks.insert(0, _finite)
     if "type" in field.metadata:
-        return {"type": _user_converter(field.metadata["type"])}
+        return {"type": flag_type(field.metadata["type"], *checks)}
     if "choices" in field.metadata and annotation in _SCALARS:
         return {"type": annotation, "choices": tuple(field.metadata["choices"])}
     if typing.get_origin(annotation) is Literal:
         choices = typing.get_args(annotation)
         return {"type": type(choices[0]), "choices": choices}
     if annotation in _SCALARS:
-        return {"type": annotation}
+        return {"type": flag_type(annotation, *checks) if checks else annotation}
     raise TypeError(f"{cls.__name__}.{field.name}: no command-line flag for a field of type {annotation!r}")
 
 

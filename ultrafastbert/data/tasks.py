@@ -8,6 +8,7 @@ local tasks have seeded train / validation / test splits that are written to the
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from collections import Counter, defaultdict
@@ -234,9 +235,12 @@ def _glue_label(raw: str, spec: GlueSpec, path: Path, line_number: int) -> int |
     raw = raw.strip()
     if not spec.label_values:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
             raise ValueError(f"{path}:{line_number}: score {raw!r} is not a number") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{path}:{line_number}: score {raw!r} is not a finite number")
+        return score
     if raw not in spec.label_values:
         raise ValueError(f"{path}:{line_number}: label {raw!r} is not one of {spec.label_values}")
     return spec.label_values.index(raw)
@@ -452,6 +456,21 @@ def load_local_task(name: str, cache_dir: Path | str, split: SplitConfig | None 
         label_names=label_names,
         **splits,
     )
+
+
+# every task name ``finetune`` takes: the local tasks, then GLUE's
+TASK_NAMES = (*LOCAL_TASKS, *GLUE_TASKS)
+
+
+def task_name(name: str) -> str:
+    """The canonical name of a local or GLUE task (GLUE's are also accepted as spelled by GLUE: ``SST-2``), or a
+    ``ValueError`` listing the known tasks."""
+    if name in LOCAL_TASKS:
+        return name
+    try:
+        return _glue_name(name)
+    except ValueError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}") from None
 
 
 def evaluation_texts(tasks: Iterable[TaskData]) -> set[str]:

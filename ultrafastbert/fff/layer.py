@@ -13,6 +13,8 @@ One module, several execution paths with one semantics (``docs/design.md`` §1),
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +26,9 @@ from .sparse import sparse_fff, walk_forward
 IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _KERNEL_IMPLS = ("auto", "kernel")  # impls whose inference runs the kernel when it can
+# Deepest tree a layer accepts. The kernel takes up to ops.MAX_DEPTH (24), but a depth-20 tree at width 768 already
+# holds two 2**21 x 768 matrices (12 GiB in float32); anything deeper is a typo, not a model.
+MAX_DEPTH = 20
 
 
 def check_impl(impl: str, name: str = "FFF impl") -> str:
@@ -39,6 +44,7 @@ class FFF(nn.Module):
 
     Parameters are named as in the published checkpoints: ``linear_in`` (``K*n`` x ``width``, with bias) and
     ``linear_out`` (``width`` x ``K*n``, no bias), tree ``k`` owning node rows ``[k*n, (k+1)*n)`` in heap order.
+    ``width``, ``depth`` and ``trees`` are integers; ``depth`` is at most ``MAX_DEPTH`` (20).
     """
 
     def __init__(
@@ -52,8 +58,13 @@ class FFF(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if width < 1 or depth < 0 or trees < 1:
-            raise ValueError(f"need width >= 1, depth >= 0, trees >= 1; got {width=}, {depth=}, {trees=}")
+        for name, value in (("width", width), ("depth", depth), ("trees", trees)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"FFF {name} must be an integer, got {value!r}")
+        if width < 1 or not 0 <= depth <= MAX_DEPTH or trees < 1:
+            raise ValueError(
+                f"need width >= 1, 0 <= depth <= {MAX_DEPTH}, trees >= 1; got {width=}, {depth=}, {trees=}"
+            )
         self.width, self.depth, self.trees = width, depth, trees
         self.init_std = init_std
         nodes = trees * nodes_per_tree(depth)

@@ -5,19 +5,21 @@ published checkpoints store their architecture as the original nested ``"arch"``
 the ``arch`` keyword (so ``config.json`` files of published folders and ``AutoConfig.for_model("crammedBERT",
 arch={...})`` both work), translated to the flat fields, and never written back: saving writes the clean form.
 ``to_arch`` gives the original dict again for ``ultrafastbert convert --to original``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: ``@strict`` checks each field against its annotation, and skips
+annotations that are strings, which that import would make of all of them.
+"""
 
 import copy
 import logging
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from ..fff import check_impl, neurons_per_token
+from ..fff.layer import MAX_DEPTH
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +166,10 @@ class CrammedBertConfig(PretrainedConfig):
                 f"({self.num_attention_heads})"
             )
         if self.ffn_type == "fff":
-            if self.fff_trees < 1 or self.fff_depth < 0:
-                raise ValueError(f"need fff_trees >= 1 and fff_depth >= 0, got {self.fff_trees}, {self.fff_depth}")
+            if self.fff_trees < 1 or not 0 <= self.fff_depth <= MAX_DEPTH:
+                raise ValueError(
+                    f"need fff_trees >= 1 and 0 <= fff_depth <= {MAX_DEPTH}, got {self.fff_trees}, {self.fff_depth}"
+                )
             if self.hidden_act != "gelu":
                 raise ValueError(f"FFF layers use GELU; hidden_act={self.hidden_act!r} is for dense feedforwards")
         check_impl(self.fff_impl, name="fff_impl")
@@ -173,7 +177,7 @@ class CrammedBertConfig(PretrainedConfig):
             raise ValueError(f"gelu_glu splits the intermediate features in two: {self.intermediate_size} is odd")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> CrammedBertConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
         """The config of preset ``name`` (``PRESET_NAMES``, e.g. ``"ufb-1x11"``, ``"tiny-crammed-bert-512"``);
         ``overrides`` replace any field, typically ``vocab_size`` and ``max_position_embeddings``."""
         return cls(**{**preset_fields(name), **overrides})

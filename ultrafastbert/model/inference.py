@@ -33,6 +33,8 @@ def fill_mask(
     model: CrammedBertForMaskedLM, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5
 ) -> list[list[TokenPrediction]]:
     """The ``top_k`` most probable tokens for every ``<mask>`` in ``text``, in order of the masks."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     mask_token = tokenizer.mask_token
     if mask_token is None or mask_token not in text:
         raise ValueError(f"text must contain the mask token {mask_token!r}: {text!r}")
@@ -63,6 +65,8 @@ def classify(
     batch_size: int = 32,
 ) -> list[ClassPrediction]:
     """Classify ``texts``; a text with a tab is a sentence pair (``first<TAB>second``), as in GLUE."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     predictions: list[ClassPrediction] = []
     max_length = model.config.max_position_embeddings
     for start in range(0, len(texts), batch_size):

@@ -2,6 +2,8 @@
 
 ``transformers`` logs missing and unexpected keys and carries on; these checks raise ``CheckpointError`` naming
 them instead (a deliberate departure: a checkpoint that silently loads half its weights is worse than an error).
+Weights that are not finite (NaN or infinity: a corrupted file, or a run saved after it diverged) are refused
+the same way, naming the tensors, rather than turning every prediction into NaN.
 Both checkpoint formats (the published one and the clean one, see ``convert.py``) use the same parameter names,
 so one set of checks serves both.
 """
@@ -65,6 +67,21 @@ def check_loading_info(
     if any(".ffn." in key for key in missing + unexpected):
         lines.append("  the feedforward weights do not match the config's ffn_type / fff_trees / fff_depth")
     raise CheckpointError("\n".join(lines))
+
+
+def check_finite_weights(model: torch.nn.Module, source: Any) -> None:
+    """Raise ``CheckpointError`` naming every parameter or buffer of the loaded ``model`` that holds a NaN or an
+    infinity (the file's bytes are damaged, or it was saved from a diverged run)."""
+    bad = []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            bad.append(f"{name} ({count} of {tensor.numel()} values)")
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} holds non-finite weights (NaN or infinity) in {', '.join(bad)}; the file is "
+            "damaged or was saved from a diverged run"
+        )
 
 
 def check_tied_decoder_copy(source: Any) -> None:

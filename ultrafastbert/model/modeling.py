@@ -26,7 +26,7 @@ from transformers.modeling_outputs import (
 
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
-from .loading import check_loading_info, check_tied_decoder_copy
+from .loading import check_finite_weights, check_loading_info, check_tied_decoder_copy
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
@@ -217,8 +217,9 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
         """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing backbone keys,
-        keys that belong to no crammedBERT model, mis-shaped keys and a tied ``decoder.weight`` copy that differs
-        from the word embedding raise ``CheckpointError`` naming them (``transformers`` only warns)."""
+        keys that belong to no crammedBERT model, mis-shaped keys, a tied ``decoder.weight`` copy that differs
+        from the word embedding and weights holding NaN or infinity raise ``CheckpointError`` naming them
+        (``transformers`` only warns, or says nothing)."""
         check_tied_decoder_copy(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
@@ -230,6 +231,7 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
             **kwargs,
         )
         check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched_sizes)
+        check_finite_weights(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
 
@@ -298,7 +300,8 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
     def _attention_bias(attention_mask: Tensor | None, shape: torch.Size) -> Tensor | None:
         """0/1 mask -> additive bias ``(1 - mask) * -10000`` broadcastable to ``(B, heads, S, S)``; ``None`` for
         an all-ones mask, whose bias is zero: attention without a mask is the same function and takes the faster
-        kernels (as ``transformers`` does for SDPA)."""
+        kernels (as ``transformers`` does for SDPA). Any other value is a ``ValueError`` (a 0.5 would silently
+        half-mask a key)."""
         if attention_mask is None:
             return None
         batch, seq_len = shape
@@ -311,8 +314,14 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
                 f"attention_mask must have shape {(batch, seq_len)} or {(batch, seq_len, seq_len)}, "
                 f"got {tuple(attention_mask.shape)}"
             )
-        if not torch.compiler.is_compiling() and bool(mask.all()):
-            return None
+        # Value checks read the mask back (a host sync): skipped while torch.compile traces the model.
+        if not torch.compiler.is_compiling():
+            is_binary = (mask == 0) | (mask == 1)
+            if not bool(is_binary.all()):
+                found = torch.unique(mask[~is_binary])[:5].tolist()
+                raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (attend), found {found}")
+            if bool(mask.all()):
+                return None
         return (1.0 - mask.float()) * MASKED_SCORE
 
 

@@ -27,7 +27,10 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     ``AutoTokenizer`` over its ``tokenizer.json``; ``FileNotFoundError`` naming the folder when that file is absent."""
     folder = Path(folder)
     if not (folder / TOKENIZER_FILE).is_file():
-        raise FileNotFoundError(f"no {TOKENIZER_FILE} in {folder}")
+        raise FileNotFoundError(
+            f"{folder} has no {TOKENIZER_FILE}: the tokenizer must be saved beside the model "
+            "(tokenizer.save_pretrained(folder))"
+        )
     return AutoTokenizer.from_pretrained(str(folder))
 
 

@@ -31,12 +31,27 @@ class DistributedContext:
         return self.world_size > 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is one of ``DEVICES`` and this machine has it, else a ``ValueError`` saying why."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device 'cuda' asked for, but {reason}; use --device cpu or auto")
+    return device
+
+
 def init_distributed(device: str = "auto") -> DistributedContext:
-    """Join the ``torchrun`` process group if there is one (gloo on CPU, nccl on GPU) and pick the device."""
+    """Join the ``torchrun`` process group if there is one (gloo on CPU, nccl on GPU) and pick the device
+    (``check_device``: ``auto`` takes the GPU when there is one)."""
+    check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)

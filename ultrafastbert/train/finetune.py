@@ -1,14 +1,16 @@
 """Finetuning and evaluation of sequence classifiers (GLUE and the local tasks), several seeds, median reported.
 
-Defaults are the crammedBERT GLUE recipe (``docs/design.md``): lr 4e-5, batch 16, 5 epochs, cosine
-schedule with 10% warm-up, no weight decay. ``max_train_examples``/``max_eval_examples`` cap the data for runs on
-a time budget; the caps and the sizes actually used are recorded with the results.
+Defaults are the crammedBERT GLUE recipe (``docs/design.md``): lr 4e-5, batch 16, 5 epochs, cosine schedule
+with 10% warm-up, no weight decay; examples are truncated to the model's own sequence length.
+``max_train_examples``/``max_eval_examples`` cap the data for runs on a time budget; the caps and the sizes
+actually used are recorded with the results.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import statistics
 import time
@@ -26,23 +28,65 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
+from ..flags import check_fields, fraction, positive
+from ..model.configuration import CrammedBertConfig
 from ..model.modeling import CrammedBertForSequenceClassification
 from .optim import build_adamw
 
 
 @dataclass
 class FinetuneConfig:
-    lr: float = field(default=4e-5, metadata={"help": "peak learning rate"})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
-    epochs: float = field(default=5.0, metadata={"help": "passes over the training set (fractions allowed)"})
-    warmup_fraction: float = field(default=0.1, metadata={"help": "share of the steps with a rising learning rate"})
+    """Settings of finetuning; ``max_length`` ``None`` means the model's own ``max_position_embeddings``."""
+
+    lr: float = field(default=4e-5, metadata={"help": "peak learning rate", "check": positive})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step", "check": positive})
+    epochs: float = field(
+        default=5.0, metadata={"help": "passes over the training set (fractions allowed)", "check": positive}
+    )
+    warmup_fraction: float = field(
+        default=0.1, metadata={"help": "share of the steps with a rising learning rate", "check": fraction}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout of embeddings, layers and classifier"})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (longer ones are truncated)"})
+    dropout: float = field(
+        default=0.1, metadata={"help": "dropout of embeddings, layers and classifier", "check": fraction}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens per example, longer ones truncated (default: the model's max_position_embeddings, "
+            "the most it accepts)",
+            "check": positive,
+        },
+    )
     seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={"help": "one run per seed; medians reported"})
-    max_train_examples: int | None = field(default=None, metadata={"help": "cap on training examples per task"})
-    max_eval_examples: int | None = field(default=None, metadata={"help": "cap on evaluation examples per split"})
-    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation forward pass"})
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "cap on training examples per task", "check": positive}
+    )
+    max_eval_examples: int | None = field(
+        default=None, metadata={"help": "cap on evaluation examples per split", "check": positive}
+    )
+    eval_batch_size: int = field(
+        default=64, metadata={"help": "examples per evaluation forward pass", "check": positive}
+    )
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(self.seeds)
+        if not self.seeds:
+            raise ValueError("FinetuneConfig.seeds must hold at least one seed")
+        check_fields(self)
+
+    def max_length_for(self, model_config: CrammedBertConfig) -> int:
+        """The tokens per example for a model of ``model_config``: ``max_length``, or the model's
+        ``max_position_embeddings`` when unset; a ``ValueError`` when it is longer than the model accepts."""
+        limit = model_config.max_position_embeddings
+        if self.max_length is None:
+            return limit
+        if self.max_length > limit:
+            raise ValueError(
+                f"max_length {self.max_length} exceeds the model's max_position_embeddings={limit} (the longest "
+                "sequence it was built for)"
+            )
+        return self.max_length
 
 
 @dataclass
@@ -145,7 +189,7 @@ def finetune_seed(
     """Finetune the pretrained model in ``model_dir`` on ``task`` with one seed and evaluate it."""
     torch.manual_seed(seed)
     model = _load_classifier(model_dir, task, config)
-    collator = TaskCollator(tokenizer, config.max_length, task.is_regression)
+    collator = TaskCollator(tokenizer, config.max_length_for(model.config), task.is_regression)
     train = capped(task.train, config.max_train_examples)
     if not train:
         raise ValueError(f"task {task.name!r} has no training examples")
@@ -209,9 +253,18 @@ def results_table(results: list[TaskResult], split: str = "validation") -> str:
 
 
 def write_results(results: list[TaskResult], path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """``path``.json (every seed and median) and ``path``.md (the table)."""
+    """``path``.json (every seed and median) and ``path``.md (the table). Each file is written beside its
+    destination and renamed over it, so a failure leaves the old file or none, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**(extra or {}), "tasks": [asdict(result) for result in results]}
-    path.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    path.with_suffix(".md").write_text(results_table(results) + "\n")
+    for destination, text in (
+        (path.with_suffix(".json"), json.dumps(payload, indent=2) + "\n"),
+        (path.with_suffix(".md"), results_table(results) + "\n"),
+    ):
+        temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+        try:
+            temporary.write_text(text)
+            os.replace(temporary, destination)
+        finally:
+            temporary.unlink(missing_ok=True)

@@ -3,7 +3,8 @@
 ``pretrain_job``: a corpus (yours, or the embedded default) to a pretrained model folder (``save_pretrained`` +
 tokenizer) with checkpoints and metrics, in a run folder it locks while it writes there and never starts over an
 old run unless told to resume or replace it. ``finetune_job``: a pretrained folder to per-task scores (median over
-seeds) as JSON + markdown. ``mlm_validation``: masked-LM loss and accuracy of a pretrained folder.
+seeds) as JSON + markdown, after checking everything it can before the first task trains. ``mlm_validation``:
+masked-LM loss and accuracy of a pretrained folder.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..data import (
     tokenizer_for_corpus,
 )
 from ..data.corpus import Corpus
-from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task
+from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
 from ..model.configuration import CrammedBertConfig
 from ..model.convert import model_class_for
 from ..model.health import model_tree_health
@@ -178,7 +180,9 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
 
 
 def load_task(name: str, glue_dir: str | None, cache_dir: str | None) -> TaskData:
-    """A local task by name (built from the embedded data on first use) or a GLUE task from ``glue_dir``."""
+    """A local task by name (built from the embedded data on first use) or a GLUE task from ``glue_dir``;
+    ``ValueError`` listing the known tasks for any other name."""
+    name = task_name(name)
     cache = Path(cache_dir) if cache_dir else cache_root()
     if name in LOCAL_TASKS:
         try:
@@ -186,8 +190,24 @@ def load_task(name: str, glue_dir: str | None, cache_dir: str | None) -> TaskDat
         except FileNotFoundError:
             return prepare_default_data(cache).tasks[name]
     if glue_dir is None:
-        raise ValueError(f"task {name!r} is not a local task ({', '.join(LOCAL_TASKS)}); GLUE tasks need --glue-dir")
+        raise ValueError(f"task {name!r} is a GLUE task: give the folder holding GLUE's tasks with --glue-dir")
     return load_glue_task(name, glue_dir)
+
+
+def check_writable(prefix: str | Path) -> None:
+    """``OSError`` unless ``prefix``.json and ``prefix``.md can be written: their nearest existing ancestor must
+    be a folder we may write in, and neither may be a folder. Nothing is created."""
+    prefix = Path(prefix)
+    for target in (prefix.with_suffix(".json"), prefix.with_suffix(".md")):
+        if target.is_dir():
+            raise IsADirectoryError(f"cannot write the results to {target}: it is a folder")
+    ancestor = prefix.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"cannot write the results to {prefix}.json: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the results to {prefix}.json: {ancestor} is not writable")
 
 
 def finetune_job(
@@ -198,11 +218,18 @@ def finetune_job(
     glue_dir: str | None = None,
     cache_dir: str | None = None,
 ) -> list[TaskResult]:
-    """Finetune ``model_dir`` on every task, write ``output``.json/.md, print the table."""
+    """Finetune ``model_dir`` on every task, write ``output``.json/.md, print the table.
+
+    Whatever can fail for a reason other than training itself fails before the first task trains: the model's
+    config and tokenizer, ``max_length`` against the model, every task's name and data (all tasks are read
+    first), and whether ``output`` can be written. The results record the ``max_length`` actually used."""
+    model_config = CrammedBertConfig.from_pretrained(model_dir)
+    config = replace(config, max_length=config.max_length_for(model_config))
     tokenizer = load_tokenizer(model_dir)
+    check_writable(output)
+    loaded = [load_task(name, glue_dir, cache_dir) for name in tasks]
     results = []
-    for name in tasks:
-        task = load_task(name, glue_dir, cache_dir)
+    for task in loaded:
         logger.info("%s", task.summary())
         results.append(finetune_task(model_dir, task, tokenizer, config))
     write_results(results, output, extra={"model_dir": str(model_dir), "config": asdict(config)})
@@ -217,6 +244,7 @@ def tree_health_report(
     up to ``max_sequences`` sequences of ``corpus``'s validation split."""
     tokenizer = load_tokenizer(model_dir)
     model = model_class_for(model_dir).from_pretrained(model_dir)
+    check_sequences(model.config, seq_len, max_sequences)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
     count = min(max_sequences, len(validation))
     if count == 0:
@@ -242,9 +270,21 @@ def tree_health_report(
     return "\n".join(lines)
 
 
+def check_sequences(model_config: CrammedBertConfig, seq_len: int, max_sequences: int) -> None:
+    """``ValueError`` unless ``seq_len`` fits the model and at least one sequence is asked for."""
+    if max_sequences < 1:
+        raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+    if not 1 <= seq_len <= model_config.max_position_embeddings:
+        raise ValueError(
+            f"seq_len must lie in [1, {model_config.max_position_embeddings}] (the model's max_position_embeddings), "
+            f"got {seq_len}"
+        )
+
+
 def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512) -> dict:
     """Masked-LM loss and accuracy of a saved model on a corpus's validation split (fixed masks)."""
     tokenizer = load_tokenizer(model_dir)
     model = CrammedBertForMaskedLM.from_pretrained(model_dir)
+    check_sequences(model.config, seq_len, max_sequences)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
     return mlm_metrics(model, validation, MLMCollator(tokenizer).mask_rows, 32, max_sequences=max_sequences)
