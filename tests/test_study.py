@@ -81,6 +81,8 @@ def test_toy_study_over_every_variant_writes_the_report(tmp_path, small_data):
     assert pretraining["fff"]["ff_flops_per_token"] == 4 * 16 * 5
     assert len(pretraining["fff-4trees"]["tree_health"]) == 1 and pretraining["dense"]["tree_health"] == []
     assert saved["retention"]["dense"]["raw"] == pytest.approx(1.0)
+    rates = pretraining["fff"]["tokens_per_second"]
+    assert 0 < rates["p10"] <= rates["median"]
     assert saved["timing"]["ms"]["study"]["no-ff"]["8"] == 0.0 and saved["timing"]["ms"]["paper"]["fff"]["8"] > 0
     markdown = (out / "report.md").read_text()
     for heading in ("## Findings", "## Pretraining", "## Retention against the dense reference", "## Tree health"):

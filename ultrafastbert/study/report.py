@@ -96,6 +96,16 @@ def findings(report: dict[str, Any]) -> list[str]:
             f"{variant} ({name}): gain-above-majority retention {_percent(value['gain'])}, raw {_percent(value['raw'])}"
             f"{noise}."
         )
+    slowed = [
+        variant
+        for variant, summary in report["pretraining"].items()
+        if summary["tokens_per_second"]["p10"] < 0.5 * summary["tokens_per_second"]["median"]
+    ]
+    if slowed:
+        lines.append(
+            f"Other work on the machine slowed part of the pretraining of {', '.join(slowed)} (10th percentile of "
+            "tokens/s below half the median), costing them steps within the same wall-clock budget."
+        )
     if {"fff", "narrow"} <= set(report["retention"]):
         fff, narrow = report["retention"]["fff"]["gain"], report["retention"]["narrow"]["gain"]
         if fff is not None and narrow is not None:
@@ -144,8 +154,8 @@ def format_report(report: dict[str, Any]) -> str:
         "and at paper size (the same variant rule at hidden 768, W = 3072).",
         "",
         "| variant | model | parameters | FF neurons / token | FF FLOPs / token | FF ms (study) | FF ms (paper) "
-        "| steps | sequences | minutes | MLM val loss | masked acc % | replaced acc % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steps | sequences | minutes | tokens/s: median (10th pct) | MLM val loss | masked acc % | replaced acc % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     timing = report["timing"]["ms"]
     for variant, summary in report["pretraining"].items():
@@ -153,12 +163,13 @@ def format_report(report: dict[str, Any]) -> str:
             f"| {variant} | {summary['name']} | {summary['parameters']:,} | {summary['ff_neurons_per_token']} | "
             f"{summary['ff_flops_per_token']:,} | {_ms(timing['study'][variant][str(tokens[-1])])} | "
             f"{_ms(timing['paper'][variant][str(tokens[-1])])} | {summary['steps']} | {summary['sequences']:,} | "
-            f"{summary['minutes']:.1f} | {summary['val_loss']:.3f} | {_pct(summary['val_accuracy'])} | "
-            f"{_pct(summary['val_accuracy_replaced'])} |"
+            f"{summary['minutes']:.1f} | {summary['tokens_per_second']['median']:,.0f} "
+            f"({summary['tokens_per_second']['p10']:,.0f}) | {summary['val_loss']:.3f} | "
+            f"{_pct(summary['val_accuracy'])} | {_pct(summary['val_accuracy_replaced'])} |"
         )
     baseline = report["copy_unigram_baseline"]
     lines += [
-        f"| copy/unigram guess | | | | | | | | | | | {_pct(baseline['accuracy'])} | "
+        f"| copy/unigram guess | | | | | | | | | | | | {_pct(baseline['accuracy'])} | "
         f"{_pct(baseline['accuracy_replaced'])} |",
         "",
         "## Finetuning: median [min - max] over seeds",

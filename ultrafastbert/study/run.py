@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -201,6 +202,17 @@ def _validation_batches(data: StudyData, batch_size: int):
         yield torch.stack(data.validation[start : start + batch_size]), None
 
 
+def pretraining_throughput(metrics_file: Path) -> dict[str, float]:
+    """Median and 10th percentile of the training tokens per second over the run's steps: a low 10th percentile
+    against the median shows that other work on the machine slowed part of the run (and cost it steps)."""
+    rates = sorted(
+        record["tokens_per_second"]
+        for line in metrics_file.read_text().splitlines()
+        if "tokens_per_second" in (record := json.loads(line))
+    )
+    return {"median": statistics.median(rates), "p10": rates[len(rates) // 10]}
+
+
 def _sequences_seen(metrics_file: Path) -> int:
     """Sequences of the logged steps (a resumed run may log a step twice: the last record of a step counts)."""
     by_step: dict[int, int] = {}
@@ -296,6 +308,8 @@ def _run_study(config: StudyConfig, default_data: Any | None, command: str | Non
     if not baseline_file.is_file():
         write_json(baseline_file, copy_unigram_baseline(data, config.seed))
     pretraining = {variant: pretrain_variant(config, variant, data, out) for variant in config.variants}
+    for variant, summary in pretraining.items():
+        summary["tokens_per_second"] = pretraining_throughput(out / variant / "pretrain" / "metrics.jsonl")
     finetuning = {variant: finetune_variant(config, variant, data, out) for variant in config.variants}
     timing_file = out / "timing.json"
     if not timing_file.is_file():
