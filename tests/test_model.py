@@ -473,3 +473,13 @@ def test_weights_that_are_not_finite_are_refused_by_name(tmp_path: Path) -> None
     corrupt_tensor_bytes(folder / "model.safetensors", "encoder.layers.1.ffn.linear_out.weight")
     with pytest.raises(CheckpointError, match=r"non-finite.*encoder\.layers\.1\.ffn\.linear_out\.weight \(1 of"):
         AutoModelForMaskedLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled header"])
+def test_a_corrupt_weights_file_is_a_checkpoint_error(tmp_path: Path, damage: str) -> None:
+    folder = saved(tmp_path, tiny_model())
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 256] if damage == "truncated" else data[:8] + b"#" * 16 + data[24:])
+    with pytest.raises(CheckpointError, match="corrupt weights file"):
+        AutoModelForMaskedLM.from_pretrained(folder)

@@ -294,3 +294,16 @@ def test_non_finite_steps_are_skipped_up_to_the_allowed_count(tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"at step 4: .*2 non-finite step\(s\) in a row, 1 allowed"):
         run.run()
     assert latest_checkpoint(tmp_path / "stop" / "checkpoints") is None  # nothing saved after the divergence
+
+
+def test_resume_from_a_checkpoint_holding_nan_names_the_tensor(tmp_path):
+    run = trainer(tmp_path, steps=2)
+    run.run()
+    weights_file = latest_checkpoint(tmp_path / "checkpoints") / checkpointing.WEIGHTS
+    weights = load_file(str(weights_file))
+    name = sorted(weights)[-1]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(weights_file))
+    with pytest.raises(CheckpointError, match=f"NaN or infinite values in {name}"):
+        trainer(tmp_path, steps=4).resume()

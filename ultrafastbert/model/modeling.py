@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -26,7 +27,7 @@ from transformers.modeling_outputs import (
 
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
-from .loading import check_finite_weights, check_loading_info, check_tied_decoder_copy
+from .loading import CheckpointError, check_finite_weights, check_loading_info, check_tied_decoder_copy
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
@@ -220,16 +221,21 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         keys that belong to no crammedBERT model, mis-shaped keys, a tied ``decoder.weight`` copy that differs
         from the word embedding and weights holding NaN or infinity raise ``CheckpointError`` naming them
         (``transformers`` only warns, or says nothing)."""
-        check_tied_decoder_copy(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path,
-            *model_args,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,
-            **kwargs,
-        )
+        try:
+            check_tied_decoder_copy(pretrained_model_name_or_path)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except SafetensorError as error:  # a truncated file, a garbled header: name the checkpoint, not the parser
+            raise CheckpointError(
+                f"checkpoint {pretrained_model_name_or_path} has a corrupt weights file: {error}"
+            ) from error
         check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched_sizes)
         check_finite_weights(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model

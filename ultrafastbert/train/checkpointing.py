@@ -356,6 +356,9 @@ def load_checkpoint(
             f"checkpoint {path} does not fit the model: missing {missing}, unexpected {unexpected}, "
             f"mis-shaped {mis_shaped}"
         )
+    not_finite = sorted(name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all()))
+    if not_finite:
+        raise CheckpointError(f"checkpoint {path} holds NaN or infinite values in {', '.join(not_finite)}")
     model.load_state_dict(weights, strict=False)  # tied duplicates are absent by design, checked above
     if optimizer is not None:
         _load_optimizer_state(optimizer, state_tensors, payload["optimizer"])
