@@ -201,3 +201,16 @@ def test_pretrain_mistakes_end_in_one_line_before_any_work(tmp_path, extra, reas
     message = str(refused.value.code)
     assert message.startswith("ultrafastbert pretrain: error: ") and reason in message and "\n" not in message
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_another_vocabulary_is_refused(pretrained, tmp_path, monkeypatch):
+    """Tokenizer training is not bit-reproducible: a resume whose cache holds another tokenizer for the same
+    corpus (another --cache-dir, a rebuilt cache) would train old weights on new token ids."""
+    root, _ = pretrained
+    run = tmp_path / "run"
+    assert main(pretrain_args(root, run)) == 0
+    from ultrafastbert.train import jobs
+
+    monkeypatch.setattr(jobs, "tokenizer_fingerprint", lambda tokenizer: "another-vocabulary")
+    with pytest.raises(SystemExit, match=r"run\.tokenizer \(checkpoint '[0-9a-f]+', now 'another-vocabulary'\)"):
+        main(pretrain_args(root, run, "--resume"))

@@ -31,6 +31,7 @@ from ..data import (
 )
 from ..data.corpus import Corpus
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
+from ..data.tokenizer import tokenizer_fingerprint
 from ..model.configuration import CrammedBertConfig
 from ..model.convert import model_class_for
 from ..model.health import model_tree_health
@@ -148,6 +149,9 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
         "model": model_config.to_diff_dict(),
         "seq_len": job.seq_len,
         "tokenizer_size": len(tokenizer),
+        # the vocabulary itself: tokenizer training is not bit-reproducible, so a resume with another cache (or a
+        # rebuilt one) can get other token ids for the same corpus and must be refused
+        "tokenizer": tokenizer_fingerprint(tokenizer),
         "corpus": corpus.content_hash,
         "train": asdict(job.train),
     }
