@@ -39,17 +39,19 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     from .bench.timing import thread_count
 
     which = bench.add_subparsers(dest="bench", required=True)
-    layer = which.add_parser(
-        "layer", help="FFF layer vs dense FF, all implementations side by side", formatter_class=DefaultsHelpFormatter
-    )
-    add_flags(layer, LayerBenchConfig)
-    layer.add_argument("--output", default="benchmarks/results/layer", help="path prefix for .json and .png")
+    def benchmark(name: str, summary: str, config_class: type, run: Callable[..., object]) -> None:
+        """A benchmark command whose flags are ``config_class``'s, plus ``--output``."""
+        command = which.add_parser(name, help=summary, formatter_class=DefaultsHelpFormatter)
+        add_flags(command, config_class)
+        command.add_argument("--output", default=f"benchmarks/results/{name}", help="path prefix for .json and .png")
 
-    def run_layer(args: argparse.Namespace) -> int:
-        run_layer_benchmark(from_flags(LayerBenchConfig, args), output=args.output)
-        return 0
+        def handler(args: argparse.Namespace) -> int:
+            run(from_flags(config_class, args), output=args.output)
+            return 0
 
-    layer.set_defaults(handler=run_layer)
+        command.set_defaults(handler=handler)
+
+    benchmark("layer", "FFF layer vs dense FF, all implementations side by side", LayerBenchConfig, run_layer_benchmark)
 
     shapes = which.add_parser(
         "shapes",
@@ -69,19 +71,12 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
 
     shapes.set_defaults(handler=run_shapes)
 
-    model = which.add_parser(
+    benchmark(
         "model",
-        help="whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT",
-        formatter_class=DefaultsHelpFormatter,
+        "whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT",
+        ModelBenchConfig,
+        run_model_benchmark,
     )
-    add_flags(model, ModelBenchConfig)
-    model.add_argument("--output", default="benchmarks/results/model", help="path prefix for .json and .png")
-
-    def run_model(args: argparse.Namespace) -> int:
-        run_model_benchmark(from_flags(ModelBenchConfig, args), output=args.output)
-        return 0
-
-    model.set_defaults(handler=run_model)
 
 
 def _add_convert(convert: argparse.ArgumentParser) -> None:
