@@ -68,9 +68,11 @@ def test_finetune_reads_glue_tsv_and_writes_results(pretrained, tmp_path, capsys
         (task_dir / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     output = tmp_path / "results"
     args = ["finetune", "--model", str(run / "model"), "--tasks", "sst2", "--glue-dir", str(tmp_path / "glue")]
-    assert main([*args, "--output", str(output), "--epochs", "1", "--seeds", "0", "1"]) == 0
-    saved = json.loads(output.with_suffix(".json").read_text())
+    assert main([*args, "--output-dir", str(output), "--epochs", "1", "--seeds", "0", "1"]) == 0
+    saved = json.loads((output / "results.json").read_text())
     assert [seed["seed"] for seed in saved["tasks"][0]["seeds"]] == [0, 1]
+    assert saved["tasks"][0]["kept_seed"] in (0, 1)
+    assert (output / "sst2" / "config.json").is_file() and (output / "sst2" / "tokenizer.json").is_file()
     assert 0.0 <= saved["tasks"][0]["median"]["validation"]["accuracy"] <= 1.0
     assert "| sst2 | accuracy |" in capsys.readouterr().out
 
@@ -162,7 +164,7 @@ def test_finetune_checks_model_tasks_and_output_before_any_training(tmp_path, mo
     monkeypatch.setattr(jobs, "finetune_task", must_not_train)
     glue = write_sst2(tmp_path)
     (tmp_path / "a-file").write_text("")
-    base = ["finetune", "--model", str(SHORT_MODEL), "--output", str(tmp_path / "results" / "out")]
+    base = ["finetune", "--model", str(SHORT_MODEL), "--output-dir", str(tmp_path / "results" / "out")]
     for extra, reason in (
         (["--tasks", "sst2", "cola", "--glue-dir", str(glue)], "GLUE task 'cola': no train.tsv"),
         (["--tasks", "sst2"], "'sst2' is a GLUE task: give the folder holding GLUE's tasks with --glue-dir"),
@@ -171,8 +173,8 @@ def test_finetune_checks_model_tasks_and_output_before_any_training(tmp_path, mo
         with pytest.raises(SystemExit) as refused:
             main([*base, *extra])
         assert str(refused.value.code).startswith("ultrafastbert finetune: error: ") and reason in refused.value.code
-    unwritable = ["--output", str(tmp_path / "a-file" / "out"), "--tasks", "sst2", "--glue-dir", str(glue)]
-    with pytest.raises(SystemExit, match=r"cannot write the results to .*a-file is not a folder"):
+    unwritable = ["--output-dir", str(tmp_path / "a-file" / "out"), "--tasks", "sst2", "--glue-dir", str(glue)]
+    with pytest.raises(SystemExit, match=r"cannot write .*a-file/out"):
         main([*base, *unwritable])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "glue"]  # nothing written
 
@@ -181,8 +183,8 @@ def test_finetune_truncates_to_the_models_own_sequence_length(tmp_path):
     glue = write_sst2(tmp_path, words=40, train=8, dev=8)  # 40 words: longer than the model's 16 positions
     output = tmp_path / "results"
     args = ["finetune", "--model", str(SHORT_MODEL), "--tasks", "SST-2", "--glue-dir", str(glue), "--seeds", "0"]
-    assert main([*args, "--output", str(output), "--epochs", "1", "--batch-size", "4"]) == 0
-    saved = json.loads(output.with_suffix(".json").read_text())
+    assert main([*args, "--output-dir", str(output), "--epochs", "1", "--batch-size", "4"]) == 0
+    saved = json.loads((output / "results.json").read_text())
     assert saved["config"]["max_length"] == 16 and saved["tasks"][0]["task"] == "sst2"
 
 

@@ -226,3 +226,10 @@ def test_task_collator(glue_root):
     assert stsb["labels"].dtype == torch.float32
     with pytest.raises(ValueError, match="mixes single texts and text pairs"):
         TaskCollator(tokenizer)([Example("a", None, 0), Example("a", "b", 1)])
+
+
+def test_the_light_task_name_list_matches_the_glue_specs():
+    from ultrafastbert.data.task_names import GLUE_NAMES
+    from ultrafastbert.data.tasks import GLUE_TASKS
+
+    assert GLUE_NAMES == tuple(GLUE_TASKS)  # the command line checks --tasks against the light copy

@@ -18,12 +18,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ultrafastbert"
 RANKS = {
     "cache": 0,
     "flags": 0,
+    "lazy": 0,
     "fff": 1,
     "model": 2,
     "data": 3,
     "train": 4,
     "bench": 5,
     "study": 6,
+    "demo_config": 6,
     "demo": 7,
     "cli": 8,
 }

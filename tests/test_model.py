@@ -115,7 +115,8 @@ def test_save_load_round_trip_is_exact(model_class: type, auto_class: type, over
     model.save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
     assert "arch" not in written and written["model_type"] == "crammedBERT"
-    assert written["auto_map"][auto_class.__name__] == f"ultrafastbert.model.modeling.{model_class.__name__}"
+    assert written["auto_map"][auto_class.__name__] == f"modeling_crammedbert.{model_class.__name__}"
+    assert (tmp_path / "modeling_crammedbert.py").is_file()  # the code travels with the folder
     assert "decoder.weight" not in load_file(tmp_path / "model.safetensors")
     loaded = auto_class.from_pretrained(tmp_path).eval()
     assert type(loaded) is model_class

@@ -224,3 +224,77 @@ def test_a_pointer_at_a_missing_folder_is_an_error(tmp_path):
     (tmp_path / "latest").write_text('{"checkpoint": "step-00000009"}')
     with pytest.raises(CheckpointError, match="does not exist"):
         latest_checkpoint(tmp_path)
+
+
+def test_a_run_that_ends_before_writing_anything_leaves_no_folder_behind(tmp_path):
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    existing.mkdir()
+    for folder in (fresh, existing):
+        with pytest.raises(RuntimeError, match="refused"), run_folder_lock(folder):
+            raise RuntimeError("refused")
+    assert not fresh.exists()  # created for the lock and removed with it
+    assert existing.is_dir()  # a folder the user made stays
+    with run_folder_lock(fresh):
+        (fresh / "metrics.jsonl").write_text("{}\n")
+    assert sorted(path.name for path in fresh.iterdir()) == [".run.lock", "metrics.jsonl"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_published_folder_is_old_or_new_whatever_instant_the_save_is_killed(tmp_path, monkeypatch):
+    """``save_model_folder`` killed at each file-system step in turn: the folder must always be the complete old
+    one or the complete new one (once the next save has put an interrupted swap back), never a mix."""
+    from ultrafastbert.train.jobs import save_model_folder
+
+    class Saver:
+        def __init__(self, name: str, text: str) -> None:
+            self.name, self.text = name, text
+
+        def save_pretrained(self, folder) -> None:
+            step()
+            (folder / self.name).write_text(self.text)
+
+    destination = tmp_path / "model"
+    destination.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (destination / name).write_text("old")
+    calls, kill_at, outcomes = 0, 0, set()
+
+    def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == kill_at:
+            raise Interrupted
+
+    def killable(original):
+        def wrapper(*args, **kwargs):
+            step()
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    while True:
+        calls, kill_at = 0, kill_at + 1
+        with monkeypatch.context() as patch:
+            patch.setattr(checkpointing.os, "replace", killable(os.replace))
+            patch.setattr(checkpointing, "_fsync_dir", killable(checkpointing._fsync_dir))
+            try:
+                save_model_folder(Saver("config.json", "new"), Saver("tokenizer.json", "new"), destination)
+                finished = True
+            except Interrupted:
+                finished = False
+        monkeypatch.setattr(checkpointing, "_process_alive", lambda pid: False)  # the "killed" saver is gone
+        checkpointing.staging_folder(destination).rmdir()  # what the next save does first
+        monkeypatch.undo()
+        contents = {path.name: path.read_text() for path in destination.iterdir()}
+        old, new = ({"config.json": text, "tokenizer.json": text} for text in ("old", "new"))
+        assert contents in (old, new)
+        outcomes.add(contents["config.json"])
+        assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no temporaries left
+        if finished:
+            break
+        for name in ("config.json", "tokenizer.json"):
+            (destination / name).write_text("old")
+    assert outcomes == {"old", "new"} and kill_at > 4

@@ -1,5 +1,7 @@
 """Command line: ``ultrafastbert <command>``. Thin: the flags of the training, demo and benchmark commands come
-from their config dataclasses (``flags.py``), and a command imports its modules only when it is the one run.
+from their config dataclasses (``flags.py``), which live in modules free of torch and transformers
+(``train/config.py``, ``bench/config.py``, ``study/config.py``, ``demo_config.py``); a command imports the modules
+that do its work only in its handler, so ``--help`` answers at once.
 
 Input is checked before work starts: a flag that makes no sense is an argparse error, and a mistake found later
 (a bad file, a checkpoint that does not fit) ends the command with one line and a non-zero exit code;
@@ -14,7 +16,9 @@ import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
+from . import __version__
 from .flags import DefaultsHelpFormatter, add_flags, flag_type, from_flags, positive_int
 
 CONFIG_FILE = "config.json"
@@ -34,24 +38,34 @@ model_folder = flag_type(_model_folder)
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
-    from .bench.layer import LayerBenchConfig, run_layer_benchmark, run_shape_benchmark
-    from .bench.model import ModelBenchConfig, run_model_benchmark
+    from .bench.config import LayerBenchConfig, ModelBenchConfig
     from .bench.timing import thread_count
 
     which = bench.add_subparsers(dest="bench", required=True)
-    def benchmark(name: str, summary: str, config_class: type, run: Callable[..., object]) -> None:
+
+    def benchmark(name: str, summary: str, config_class: type, run: Callable[[Any, str], object]) -> None:
         """A benchmark command whose flags are ``config_class``'s, plus ``--output``."""
         command = which.add_parser(name, help=summary, formatter_class=DefaultsHelpFormatter)
         add_flags(command, config_class)
         command.add_argument("--output", default=f"benchmarks/results/{name}", help="path prefix for .json and .png")
 
         def handler(args: argparse.Namespace) -> int:
-            run(from_flags(config_class, args), output=args.output)
+            run(from_flags(config_class, args), args.output)
             return 0
 
         command.set_defaults(handler=handler)
 
-    benchmark("layer", "FFF layer vs dense FF, all implementations side by side", LayerBenchConfig, run_layer_benchmark)
+    def run_layer(config: LayerBenchConfig, output: str) -> None:
+        from .bench.layer import run_layer_benchmark
+
+        run_layer_benchmark(config, output=output)
+
+    def run_model(config: ModelBenchConfig, output: str) -> None:
+        from .bench.model import run_model_benchmark
+
+        run_model_benchmark(config, output=output)
+
+    benchmark("layer", "FFF layer vs dense FF, all implementations side by side", LayerBenchConfig, run_layer)
 
     shapes = which.add_parser(
         "shapes",
@@ -65,18 +79,15 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     shapes.add_argument("--output", default="benchmarks/results/layer_shapes", help="path prefix for .json")
 
     def run_shapes(args: argparse.Namespace) -> int:
+        from .bench.layer import run_shape_benchmark
+
         parsed = tuple(tuple(int(part) for part in shape.split("x")) for shape in args.shapes)
         run_shape_benchmark(parsed, args.width, args.tokens, args.threads, args.output)
         return 0
 
     shapes.set_defaults(handler=run_shapes)
 
-    benchmark(
-        "model",
-        "whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT",
-        ModelBenchConfig,
-        run_model_benchmark,
-    )
+    benchmark("model", "whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT", ModelBenchConfig, run_model)
 
 
 def _add_convert(convert: argparse.ArgumentParser) -> None:
@@ -137,11 +148,12 @@ def _add_classify(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("--batch-size", type=positive_int, default=32, help="lines per forward pass")
 
     def run(args: argparse.Namespace) -> int:
-        from .model import CrammedBertForSequenceClassification, load_tokenizer
+        from .model import load_tokenizer
         from .model.inference import classify as classify_texts
+        from .model.inference import load_classifier
 
         tokenizer = load_tokenizer(args.model)
-        model = CrammedBertForSequenceClassification.from_pretrained(args.model).eval()
+        model = load_classifier(args.model)
         lines, undecodable = _stdin_lines()
         for number in undecodable:
             print(f"ultrafastbert classify: line {number} of stdin is not UTF-8 text; skipped", file=sys.stderr)
@@ -154,16 +166,17 @@ def _add_classify(classify: argparse.ArgumentParser) -> None:
 
 
 def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
-    from .model.loading import CheckpointError
-    from .train.checkpointing import RunFolderError
-    from .train.jobs import PretrainJob, pretrain_job
-    from .train.pretrain import PretrainConfig, TrainingDivergedError
+    from .train.config import PretrainConfig, PretrainJob
 
     add_flags(pretrain, PretrainJob)
     add_flags(pretrain.add_argument_group("training"), PretrainConfig)
 
     def run(args: argparse.Namespace) -> int:
         from .model.configuration import CrammedBertConfig
+        from .model.loading import CheckpointError
+        from .train.checkpointing import RunFolderError
+        from .train.jobs import pretrain_job
+        from .train.pretrain import TrainingDivergedError
 
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
@@ -183,22 +196,69 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
 
 
 def _add_finetune(finetune: argparse.ArgumentParser) -> None:
-    from .data.tasks import task_name
-    from .train.finetune import FinetuneConfig
-    from .train.jobs import finetune_job
+    from .data.task_names import task_name
+    from .train.config import FinetuneConfig
 
     finetune.add_argument("--model", required=True, type=model_folder, help="pretrained model folder (with tokenizer)")
     finetune.add_argument(
-        "--tasks", nargs="+", required=True, type=flag_type(task_name), help="local or GLUE task names (listed above)"
+        "--output-dir",
+        required=True,
+        help="folder to leave: results.json/.md, the best seed's model (your files: the folder itself; --tasks: one "
+        "sub-folder per task) and predictions.tsv for a test file",
     )
-    finetune.add_argument("--glue-dir", help="folder holding GLUE task folders (CoLA/, SST-2/, ...)")
-    finetune.add_argument("--output", default="results/finetune", help="path prefix for .json and .md")
-    finetune.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    finetune.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir when done")
+    named = finetune.add_argument_group("named tasks")
+    named.add_argument(
+        "--tasks", nargs="+", default=[], type=flag_type(task_name), help="local or GLUE task names (listed above)"
+    )
+    named.add_argument("--glue-dir", help="folder holding GLUE task folders (CoLA/, SST-2/, ...)")
+    named.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    own = finetune.add_argument_group("your own data (CSV, TSV or JSON Lines, by extension)")
+    own.add_argument("--train-file", help="training records; their labels make the label set")
+    own.add_argument("--validation-file", help="records scored after every epoch (the best epoch is kept)")
+    own.add_argument("--test-file", help="records to predict (scored too when they carry labels)")
+    own.add_argument("--text-column", default="text", help="column with the text")
+    own.add_argument("--text-pair-column", help="column with the second text of a pair")
+    own.add_argument("--label-column", default="label", help="column with the label (a class, or a number)")
+    own.add_argument(
+        "--task-type",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="auto: regression when the labels are numbers and not all integers",
+    )
+    own.add_argument("--task-name", help="name in the results (default: the training file's name)")
     add_flags(finetune.add_argument_group("finetuning"), FinetuneConfig)
 
     def run(args: argparse.Namespace) -> int:
-        config = from_flags(FinetuneConfig, args)
-        finetune_job(args.model, args.tasks, args.output, config, args.glue_dir, args.cache_dir)
+        from .data.userdata import UserColumns, UserFiles
+        from .train.checkpointing import RunFolderError
+        from .train.jobs import finetune_job
+
+        user_files = None
+        if args.train_file or args.validation_file or args.test_file:
+            if args.tasks:
+                finetune.error("give either --tasks or your own files (--train-file ...), not both")
+            if not (args.train_file and args.validation_file):
+                finetune.error("your own data needs both --train-file and --validation-file")
+            columns = UserColumns(args.text_column, args.label_column, args.text_pair_column)
+            user_files = UserFiles(
+                args.train_file, args.validation_file, columns, args.test_file, args.task_type, args.task_name
+            )
+        elif not args.tasks:
+            finetune.error("give --tasks NAME ... or your own files with --train-file and --validation-file")
+        try:
+            finetune_job(
+                args.model,
+                args.output_dir,
+                from_flags(FinetuneConfig, args),
+                tasks=args.tasks,
+                glue_dir=args.glue_dir,
+                cache_dir=args.cache_dir,
+                user_files=user_files,
+                overwrite=args.overwrite,
+            )
+        except RunFolderError as error:
+            raise SystemExit(f"ultrafastbert finetune: error: {error}") from None
         return 0
 
     finetune.set_defaults(handler=run)
@@ -218,7 +278,8 @@ def _validation_text(args: argparse.Namespace):
     from pathlib import Path
 
     from .cache import cache_root
-    from .train.jobs import PretrainJob, load_corpus_for
+    from .train.config import PretrainJob
+    from .train.jobs import load_corpus_for
 
     cache = Path(args.cache_dir) if args.cache_dir else cache_root()
     return load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache), cache
@@ -243,11 +304,13 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
 
 
 def _add_demo(demo: argparse.ArgumentParser) -> None:
-    from .demo import DemoConfig, run_demo
+    from .demo_config import DemoConfig
 
     add_flags(demo, DemoConfig)
 
     def run(args: argparse.Namespace) -> int:
+        from .demo import run_demo
+
         run_demo(from_flags(DemoConfig, args))
         return 0
 
@@ -257,8 +320,7 @@ def _add_demo(demo: argparse.ArgumentParser) -> None:
 def _add_study(study: argparse.ArgumentParser) -> None:
     from dataclasses import fields
 
-    from .study import STUDY_PRESETS, StudyConfig, StudyError, run_study, study_config
-    from .train.checkpointing import RunFolderError
+    from .study.config import STUDY_PRESETS, StudyConfig, StudyError, study_config
 
     study.add_argument(
         "--preset",
@@ -269,6 +331,9 @@ def _add_study(study: argparse.ArgumentParser) -> None:
     add_flags(study, StudyConfig)
 
     def run(args: argparse.Namespace) -> int:
+        from .study.run import run_study
+        from .train.checkpointing import RunFolderError
+
         try:
             flagged, defaults = from_flags(StudyConfig, args), StudyConfig()
             changed = {
@@ -320,10 +385,12 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _add_pretrain,
     ),
     "finetune": (
-        "finetune + evaluate a pretrained model on GLUE or local tasks (median of seeds)",
-        "Tasks: the local ones (wn-pos, wn-supersense, wn-sense-match, fortune-topic) or GLUE's (cola, sst2, mrpc, "
-        "stsb, qqp, mnli, qnli, rte) from --glue-dir in GLUE's TSV layout. The model, every task's data and "
-        "--output are checked before the first task trains.",
+        "finetune a pretrained model on your CSV/TSV/JSONL files or on GLUE/local tasks; saves the best model",
+        "Your files (--train-file, --validation-file, optional --test-file; named columns), or named tasks: the "
+        "local ones (wn-pos, wn-supersense, wn-sense-match, fortune-topic) or GLUE's (cola, sst2, mrpc, stsb, qqp, "
+        "mnli, qnli, rte) from --glue-dir in GLUE's TSV layout. Leaves results.json/.md, the best seed's model and "
+        "predictions.tsv in --output-dir. The model, every file and the output folder are checked before the "
+        "first task trains.",
         _add_finetune,
     ),
     "evaluate": ("MLM validation loss/accuracy of a pretrained model", None, _add_evaluate),
@@ -350,11 +417,12 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
 
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser of every command, with the flags of ``commands`` only (all when ``None``): adding a command's
-    flags imports the modules that define its config dataclasses."""
+    flags imports the (light) modules that define its config dataclasses."""
     parser = argparse.ArgumentParser(
         prog="ultrafastbert",
         description="UltraFastBERT: fast feedforward (FFF) layers and the crammedBERT models built from them.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, add) in COMMANDS.items():
@@ -368,8 +436,8 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
 
 def _work_offline() -> None:
     """Nothing is downloaded at run time: the Hugging Face hub is off for this process and those it starts, unless
-    the environment says otherwise. ``huggingface_hub`` reads the variable when imported, which importing this
-    package already did, so its flag is set too."""
+    the environment says otherwise. ``huggingface_hub`` reads the variable when imported; where something imported
+    it already, its flag is set too."""
     if "HF_HUB_OFFLINE" in os.environ:
         return
     os.environ["HF_HUB_OFFLINE"] = "1"

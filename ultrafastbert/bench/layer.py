@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,52 +24,8 @@ from torch import Tensor, nn
 
 from ..fff import FFF, kernels, neurons_per_token
 from ..fff.sparse import walk_forward
-from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, thread_count, time_interleaved
-
-
-@dataclass
-class LayerBenchConfig:
-    tokens: tuple[int, ...] = field(default=(1, 128, 16384), metadata={"help": "token counts of the forward timings"})
-    width: int = field(default=768, metadata={"help": "features in and out"})
-    depth: int = field(default=11, metadata={"help": "FFF tree depth"})
-    trees: int = field(default=1, metadata={"help": "FFF trees"})
-    dense_width: int = field(default=3072, metadata={"help": "hidden units of the dense baseline"})
-    threads: tuple[int, ...] = field(
-        default=(),
-        metadata={
-            "type": thread_count,
-            "help": "one pass per thread count, in order; 'all' = every logical core (default: torch's own setting)",
-        },
-    )
-    repeats: int | None = field(default=None, metadata={"help": "timed rounds (default: adaptive)"})
-    min_rounds: int = field(default=3, metadata={"help": "adaptive: at least this many rounds"})
-    max_rounds: int = field(default=1000, metadata={"help": "adaptive: at most this many rounds"})
-    seconds_per_candidate: float = field(
-        default=0.3, metadata={"help": "adaptive: timed seconds per candidate in a group, at least"}
-    )
-    warmup: int = field(default=2, metadata={"help": "untimed calls of each candidate first"})
-    train_tokens: tuple[int, ...] = field(
-        default=(128, 4096),
-        metadata={"nargs": "*", "help": "token counts for the training-step (forward + backward) timings"},
-    )
-    compiled_gather: bool = field(
-        default=True,
-        metadata={
-            "flag": "--no-compile",
-            "help": "leave out the torch.compile'd gather walk (it compiles once per token count)",
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "seeds weights and inputs"})
-
-    def rounds(self, candidates: int) -> Rounds:
-        """The round limits for a group of ``candidates`` timed together."""
-        return Rounds(
-            repeats=self.repeats,
-            min_rounds=self.min_rounds,
-            max_rounds=self.max_rounds,
-            min_seconds=self.seconds_per_candidate * candidates,
-            warmup=self.warmup,
-        )
+from .config import LayerBenchConfig
+from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, time_interleaved
 
 
 @dataclass

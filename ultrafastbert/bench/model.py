@@ -18,48 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..fff import FFF
 from ..model import CrammedBertConfig, CrammedBertForMaskedLM, CrammedBertForSequenceClassification
-from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, thread_count, time_interleaved
+from .config import ModelBenchConfig
+from .timing import TIMING_METHOD, TimedCall, machine_info, time_interleaved
 
 COMPONENTS = ("embeddings", "attention", "feedforward", "head", "other")
-
-
-@dataclass
-class ModelBenchConfig:
-    """Shapes default to the published models: 16 layers, hidden 768, 12 heads, vocab 32768, sequence 128."""
-
-    batches: tuple[int, ...] = field(default=(1, 8), metadata={"help": "batch sizes (sequences per forward)"})
-    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
-    layers: int = field(default=16, metadata={"help": "transformer layers"})
-    hidden: int = field(default=768, metadata={"help": "hidden size"})
-    heads: int = field(default=12, metadata={"help": "attention heads"})
-    vocab: int = field(default=32768, metadata={"help": "vocabulary size"})
-    dense_intermediate: int = field(default=3072, metadata={"help": "crammedBERT's GELUglu feedforward width"})
-    fff_trees: int = field(default=1, metadata={"help": "UltraFastBERT's FFF trees"})
-    fff_depth: int = field(default=11, metadata={"help": "UltraFastBERT's FFF depth"})
-    head: Literal["classification", "mlm"] = field(
-        default="classification", metadata={"help": "the model's head; mlm: the vocabulary-wide decoder"}
-    )
-    threads: int | None = field(
-        default=None, metadata={"type": thread_count, "help": "torch threads, or 'all' (default: torch's own)"}
-    )
-    repeats: int | None = field(default=None, metadata={"help": "timed rounds (default: adaptive)"})
-    min_rounds: int = field(default=5, metadata={"help": "adaptive: at least this many rounds"})
-    max_rounds: int = field(default=100, metadata={"help": "adaptive: at most this many rounds"})
-    min_seconds: float = field(default=5.0, metadata={"help": "adaptive: timed seconds per batch size, at least"})
-    warmup: int = field(default=2, metadata={"help": "untimed forwards of each candidate first"})
-    component_repeats: int = field(default=3, metadata={"help": "rounds of the component split (with hooks)"})
-    seed: int = field(default=0, metadata={"help": "seeds weights and token ids"})
-
-    @property
-    def rounds(self) -> Rounds:
-        return Rounds(self.repeats, self.min_rounds, self.max_rounds, self.min_seconds, self.warmup)
 
 
 @dataclass

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-
 # Written into every benchmark's JSON beside the round limits it used.
 TIMING_METHOD = "interleaved rounds (each calls every candidate once, order rotated per round); median and min"
 
@@ -56,6 +54,8 @@ class Timing:
 
 def time_interleaved(calls: Sequence[TimedCall], rounds: Rounds) -> dict[str, Timing]:
     """Time ``calls`` in interleaved rounds (see the module docstring); ``{name: Timing}`` in the order given."""
+    import torch  # in the functions, not at the top: the benchmarks' flags (``config.py``) load without torch
+
     names = [call.name for call in calls]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must differ: {names}")
@@ -118,6 +118,8 @@ def _cpu_model() -> str:
 def machine_info() -> dict[str, object]:
     """What a reader needs to interpret the numbers: CPU and its vector instruction set as torch sees it (the
     kernel's speed depends on it: AVX-512 or AVX2), cores, threads used, library versions, date."""
+    import torch
+
     return {
         "cpu": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -9,24 +9,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .corpus import Corpus, build_default_corpus, corpus_from_paths, load_corpus, normalize_text, read_hf_dataset
-from .mlm import MaskingConfig, MLMCollator, PackedDataset, mask_tokens, packed_dataset
-from .sources import DEFAULT_PACKAGES, PackageFetchError, cache_root, fetch_debian_packages
-from .tasks import (
-    GLUE_TASKS,
-    LOCAL_TASKS,
-    Example,
-    SplitConfig,
-    TaskCollator,
-    TaskData,
-    build_local_tasks,
-    compute_metrics,
-    evaluation_texts,
-    load_glue_task,
-    load_local_task,
+from ..lazy import lazy_exports
+from .task_names import LOCAL_TASKS
+
+if TYPE_CHECKING:
+    from .corpus import Corpus, build_default_corpus, corpus_from_paths, load_corpus, normalize_text, read_hf_dataset
+    from .mlm import MaskingConfig, MLMCollator, PackedDataset, mask_tokens, packed_dataset
+    from .sources import DEFAULT_PACKAGES, PackageFetchError, cache_root, fetch_debian_packages
+    from .tasks import (
+        GLUE_TASKS,
+        Example,
+        SplitConfig,
+        TaskCollator,
+        TaskData,
+        build_local_tasks,
+        compute_metrics,
+        evaluation_texts,
+        load_glue_task,
+        load_local_task,
+    )
+    from .tokenizer import tokenizer_for_corpus, train_tokenizer
+
+# The names below import their modules (numpy, torch, tokenizers) on first use: the command line reads the task
+# names (``task_names.py``) without them.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".corpus": (
+            "Corpus",
+            "build_default_corpus",
+            "corpus_from_paths",
+            "load_corpus",
+            "normalize_text",
+            "read_hf_dataset",
+        ),
+        ".mlm": ("MaskingConfig", "MLMCollator", "PackedDataset", "mask_tokens", "packed_dataset"),
+        ".sources": ("DEFAULT_PACKAGES", "PackageFetchError", "cache_root", "fetch_debian_packages"),
+        ".tasks": (
+            "GLUE_TASKS",
+            "Example",
+            "SplitConfig",
+            "TaskCollator",
+            "TaskData",
+            "build_local_tasks",
+            "compute_metrics",
+            "evaluation_texts",
+            "load_glue_task",
+            "load_local_task",
+        ),
+        ".tokenizer": ("tokenizer_for_corpus", "train_tokenizer"),
+    },
 )
-from .tokenizer import tokenizer_for_corpus, train_tokenizer
 
 
 @dataclass
@@ -48,6 +83,10 @@ def prepare_default_data(
     Raises :class:`PackageFetchError` (with the hint to use your own text files) where Debian's tools or mirror
     are unavailable. ``update_index`` lets the fetch run ``apt-get update`` once if a package is unknown.
     """
+    from .corpus import build_default_corpus
+    from .sources import DEFAULT_PACKAGES, cache_root, fetch_debian_packages
+    from .tasks import build_local_tasks, evaluation_texts
+
     cache = Path(cache_dir) if cache_dir is not None else cache_root()
     package_roots = fetch_debian_packages(DEFAULT_PACKAGES, cache, update_index)
     tasks = build_local_tasks(package_roots, cache, split)

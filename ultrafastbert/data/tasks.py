@@ -22,6 +22,7 @@ from scipy import stats
 from sklearn import metrics as sk_metrics
 
 from .corpus import LEXNAMES, Synset, hash_unit, normalize_text, read_fortunes, read_wordnet
+from .task_names import GLUE_NAMES, LOCAL_TASKS, TASK_NAMES, glue_key, task_name  # noqa: F401  (re-exported)
 
 TASK_SPLITS = ("train", "validation", "test")
 LOCAL_TASK_FORMAT_VERSION = 1
@@ -49,6 +50,7 @@ class TaskData:
     metric_names: tuple[str, ...]
     label_names: tuple[str, ...]  # empty for regression
     extra_validation: dict[str, list[Example]] = field(default_factory=dict)  # MNLI: validation_mismatched
+    unlabelled_test: list[Example] = field(default_factory=list)  # your test file without labels: predicted only
 
     @property
     def is_pair(self) -> bool:
@@ -105,6 +107,7 @@ METRICS = {
     "mcc": lambda p, y: sk_metrics.matthews_corrcoef(y, _classes(p)),
     "pearson": lambda p, y: stats.pearsonr(p.reshape(-1), y)[0],
     "spearman": lambda p, y: stats.spearmanr(p.reshape(-1), y)[0],
+    "mse": lambda p, y: sk_metrics.mean_squared_error(y, p.reshape(-1)),  # lower is better: never a main metric
 }
 
 
@@ -173,7 +176,7 @@ GLUE_TASKS = {
 
 
 def _glue_name(name: str) -> str:
-    key = name.lower().replace("-", "")
+    key = glue_key(name)
     if key not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {name!r}; choose one of {sorted(GLUE_TASKS)}")
     return key
@@ -274,7 +277,6 @@ FORTUNE_TOPICS = (
 )  # fmt: skip
 WORDNET_POS_LABELS = ("noun", "verb", "adj", "adv")
 NOUN_LEXNAMES = tuple(name for name in LEXNAMES if name.startswith("noun."))
-LOCAL_TASKS = ("wn-pos", "wn-supersense", "wn-supersense-noun", "wn-sense-match", "fortune-topic")
 _LOCAL_METRICS = {
     "wn-pos": ("accuracy", "macro_f1"),
     "wn-supersense": ("accuracy", "macro_f1"),
@@ -456,21 +458,6 @@ def load_local_task(name: str, cache_dir: Path | str, split: SplitConfig | None 
         label_names=label_names,
         **splits,
     )
-
-
-# every task name ``finetune`` takes: the local tasks, then GLUE's
-TASK_NAMES = (*LOCAL_TASKS, *GLUE_TASKS)
-
-
-def task_name(name: str) -> str:
-    """The canonical name of a local or GLUE task (GLUE's are also accepted as spelled by GLUE: ``SST-2``), or a
-    ``ValueError`` listing the known tasks."""
-    if name in LOCAL_TASKS:
-        return name
-    try:
-        return _glue_name(name)
-    except ValueError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}") from None
 
 
 def evaluation_texts(tasks: Iterable[TaskData]) -> set[str]:

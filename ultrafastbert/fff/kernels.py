@@ -82,6 +82,7 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {first_error or (lines[-1] if lines else 'no message')}"
 
 
+@torch.compiler.assume_constant_result  # a compiled graph reads the answer once instead of tracing the lock
 def available() -> bool:
     """Whether the compiled kernel is loaded, building it on the first call; warns once if it cannot be."""
     global _available, _failure

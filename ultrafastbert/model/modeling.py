@@ -10,6 +10,7 @@ only the configuration and the tied ``decoder.weight`` copy differ between the o
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from transformers.modeling_outputs import (
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
 from .loading import CheckpointError, check_finite_weights, check_loading_info, check_tied_decoder_copy
+from .portable import write_model_code
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
@@ -44,18 +46,25 @@ class CrammedBertScaledSinusoidalPositions(nn.Module):
         self._tables: dict[torch.device, Tensor] = {}
 
     def table(self, device: torch.device) -> Tensor:
-        """The fp32 ``(max_positions, H)`` table on ``device``."""
+        """The fp32 ``(max_positions, H)`` table on ``device``, cached. While ``torch.compile`` or ``torch.export``
+        traces, it is computed in the graph instead: a traced tensor put in the cache would outlive its trace (a
+        fake tensor under ``torch.export``, breaking the next eager call)."""
+        if torch.compiler.is_compiling():
+            return self._compute_table(device)
         if device not in self._tables:
-            position = torch.arange(self.max_positions, dtype=torch.float32, device=device).unsqueeze(1)
-            frequency = torch.exp(
-                torch.arange(0, self.hidden_size, 2, dtype=torch.float32, device=device)
-                * (-math.log(10000.0) / self.hidden_size)
-            )
-            table = torch.zeros(self.max_positions, self.hidden_size, device=device)
-            table[:, 0::2] = torch.sin(position * frequency)
-            table[:, 1::2] = torch.cos(position * frequency)
-            self._tables[device] = table
+            self._tables[device] = self._compute_table(device)
         return self._tables[device]
+
+    def _compute_table(self, device: torch.device) -> Tensor:
+        position = torch.arange(self.max_positions, dtype=torch.float32, device=device).unsqueeze(1)
+        frequency = torch.exp(
+            torch.arange(0, self.hidden_size, 2, dtype=torch.float32, device=device)
+            * (-math.log(10000.0) / self.hidden_size)
+        )
+        table = torch.zeros(self.max_positions, self.hidden_size, device=device)
+        table[:, 0::2] = torch.sin(position * frequency)
+        table[:, 1::2] = torch.cos(position * frequency)
+        return table
 
     def forward(self, seq_len: int) -> Tensor:
         """``(S, H)`` position embeddings for positions ``0..S-1``."""
@@ -111,8 +120,14 @@ class CrammedBertSelfAttention(nn.Module):
             probs = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=self.training)
             context = torch.matmul(probs, value)  # (B, heads, S, d)
         else:
+            if torch.compiler.is_compiling():
+                # `scale` must be a Python float, which a traced buffer cannot become (a data-dependent read):
+                # the queries carry the factor instead.
+                query, scale = query * self.norm_factor, 1.0
+            else:
+                scale = float(self.norm_factor)
             context = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_bias, dropout_p=dropout, scale=float(self.norm_factor)
+                query, key, value, attn_mask=attention_bias, dropout_p=dropout, scale=scale
             )
         return context.transpose(1, 2).reshape(batch, seq_len, hidden)
 
@@ -240,6 +255,19 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         check_finite_weights(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained``, plus the model code beside ``config.json`` (``portable.py``), so that
+        the folder loads with ``trust_remote_code=True`` where this package is not installed. ``push_to_hub=True``
+        is refused, as its upload would leave the code out: ``push_to_hub(repo_id)`` uploads a complete folder."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
+                "use model.push_to_hub(repo_id), which saves and uploads both"
+            )
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
+            write_model_code(save_directory)
+
 
 class CrammedBertModel(CrammedBertPreTrainedModel):
     """The bare encoder (``AutoModel``): embedding, pre-LN layers, final LayerNorm."""
@@ -293,7 +321,11 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
                 f"sequence length {input_ids.shape[1]} exceeds the model's max_position_embeddings={max_len}; "
                 f"truncate the input (e.g. tokenizer(..., truncation=True, max_length={max_len}))"
             )
-        if input_ids.numel():
+        # The id range is a value check (a host sync and a data-dependent branch): skipped while torch.compile or
+        # torch.export traces, as the attention-mask checks are. torch._check on min/max would keep it in the graph,
+        # but only as a runtime assert that names no id, for a reduction and a host read per call (and a graph
+        # break without fullgraph=True); a traced graph still refuses out-of-range ids at the embedding lookup.
+        if not torch.compiler.is_compiling() and input_ids.numel():
             low, high = int(input_ids.min()), int(input_ids.max())
             vocab = self.config.vocab_size
             if low < 0 or high >= vocab:

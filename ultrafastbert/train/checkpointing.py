@@ -79,7 +79,21 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
     the same process asking twice is refused too.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held_lock(folder):
+            yield
+    finally:
+        # a run refused (or failed) before writing anything leaves no folder holding nothing but the lock file
+        if created and [path.name for path in folder.iterdir()] == [LOCK]:
+            (folder / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def _held_lock(folder: Path) -> Iterator[None]:
     with open(folder / LOCK, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,6 +141,58 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def staging_folder(destination: str | Path) -> Path:
+    """A new empty folder ``.NAME.tmp-PID`` beside ``destination`` to build it in (then :func:`publish_folder`).
+    Creating it is the check that the destination can be written: an ``OSError`` naming the destination
+    otherwise. Stale temporaries of killed processes beside it are removed first."""
+    destination = Path(destination)
+    parent = destination.parent
+    blocking = next((folder for folder in (parent, *parent.parents) if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(f"cannot write {destination}: {blocking} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _restore_interrupted_publish(destination)
+        remove_stale_temporaries(parent)
+        staging = parent / f".{destination.name}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        probe = staging / ".write-check"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"cannot write {destination}: {error.strerror or error}") from None
+    return staging
+
+
+def _restore_interrupted_publish(destination: Path) -> None:
+    """A kill between :func:`publish_folder`'s two renames leaves no ``destination`` and the old folder under
+    ``.NAME.old.tmp-PID``: put it back before that temporary is taken for stale and removed."""
+    if destination.exists():
+        return
+    for path in destination.parent.glob(f".{destination.name}.old.tmp-*"):
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match is not None and not _process_alive(int(match.group(1))):
+            os.replace(path, destination)
+            return
+
+
+def publish_folder(staging: str | Path, destination: str | Path) -> None:
+    """Move the complete folder ``staging`` to ``destination`` by renames, so that ``destination`` is never a
+    half-written mix: it is the old folder, the new one, or (for the instant between two renames) absent with the
+    old one aside under ``.NAME.old.tmp-PID``, which the next :func:`staging_folder` for it puts back if a kill
+    landed there. The old folder is deleted only once the new one is in place."""
+    staging, destination = Path(staging), Path(destination)
+    _fsync_dir(staging)
+    old = destination.parent / f".{destination.name}.old.tmp-{os.getpid()}"
+    if destination.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+    os.replace(staging, destination)
+    _fsync_dir(destination.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -28,65 +28,24 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
-from ..flags import check_fields, fraction, positive
-from ..model.configuration import CrammedBertConfig
 from ..model.modeling import CrammedBertForSequenceClassification
+from .config import FinetuneConfig
 from .optim import build_adamw
 
-
-@dataclass
-class FinetuneConfig:
-    """Settings of finetuning; ``max_length`` ``None`` means the model's own ``max_position_embeddings``."""
-
-    lr: float = field(default=4e-5, metadata={"help": "peak learning rate", "check": positive})
-    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step", "check": positive})
-    epochs: float = field(
-        default=5.0, metadata={"help": "passes over the training set (fractions allowed)", "check": positive}
-    )
-    warmup_fraction: float = field(
-        default=0.1, metadata={"help": "share of the steps with a rising learning rate", "check": fraction}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    dropout: float = field(
-        default=0.1, metadata={"help": "dropout of embeddings, layers and classifier", "check": fraction}
-    )
-    max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "tokens per example, longer ones truncated (default: the model's max_position_embeddings, "
-            "the most it accepts)",
-            "check": positive,
-        },
-    )
-    seeds: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={"help": "one run per seed; medians reported"})
-    max_train_examples: int | None = field(
-        default=None, metadata={"help": "cap on training examples per task", "check": positive}
-    )
-    max_eval_examples: int | None = field(
-        default=None, metadata={"help": "cap on evaluation examples per split", "check": positive}
-    )
-    eval_batch_size: int = field(
-        default=64, metadata={"help": "examples per evaluation forward pass", "check": positive}
-    )
-
-    def __post_init__(self) -> None:
-        self.seeds = tuple(self.seeds)
-        if not self.seeds:
-            raise ValueError("FinetuneConfig.seeds must hold at least one seed")
-        check_fields(self)
-
-    def max_length_for(self, model_config: CrammedBertConfig) -> int:
-        """The tokens per example for a model of ``model_config``: ``max_length``, or the model's
-        ``max_position_embeddings`` when unset; a ``ValueError`` when it is longer than the model accepts."""
-        limit = model_config.max_position_embeddings
-        if self.max_length is None:
-            return limit
-        if self.max_length > limit:
-            raise ValueError(
-                f"max_length {self.max_length} exceeds the model's max_position_embeddings={limit} (the longest "
-                "sequence it was built for)"
-            )
-        return self.max_length
+__all__ = [
+    "FinetuneConfig",
+    "SeedResult",
+    "TaskResult",
+    "capped",
+    "evaluate",
+    "finetune_seed",
+    "finetune_task",
+    "majority_baseline",
+    "predict",
+    "results_table",
+    "train_classifier",
+    "write_results",
+]
 
 
 @dataclass
@@ -96,6 +55,8 @@ class SeedResult:
     train_examples: int
     train_seconds: float
     final_train_loss: float
+    kept_step: int | None = None  # the optimizer step whose weights were scored (select="best": the best epoch's)
+    steps: int | None = None  # optimizer steps run (fewer than planned after an early stop)
 
 
 @dataclass
@@ -107,6 +68,7 @@ class TaskResult:
     seeds: list[SeedResult]
     median: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_examples: dict[str, int] = field(default_factory=dict)
+    kept_seed: int | None = None  # the seed whose model was saved (best validation main metric)
 
     def __post_init__(self) -> None:
         if not self.median and self.seeds:
@@ -124,14 +86,19 @@ def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConf
         "attention_probs_dropout_prob": config.dropout,
         "classifier_dropout": config.dropout,
     }
-    labels = {"id2label": dict(enumerate(task.label_names))} if task.label_names else {}
+    labels = (
+        {"id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
+        if task.label_names
+        else {}
+    )
+    problem_type = "regression" if task.is_regression else "single_label_classification"
     # the pooler and head are new by design: silence transformers' report of them as missing (our own loader
     # still raises on a checkpoint that lacks encoder weights or does not fit)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         return CrammedBertForSequenceClassification.from_pretrained(
-            model_dir, num_labels=task.num_labels, **labels, **dropout
+            model_dir, num_labels=task.num_labels, problem_type=problem_type, **labels, **dropout
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -183,10 +150,15 @@ def evaluate(
     return results
 
 
-def finetune_seed(
+def train_classifier(
     model_dir: str | Path, task: TaskData, tokenizer: Any, config: FinetuneConfig, seed: int, show_progress: bool = True
-) -> SeedResult:
-    """Finetune the pretrained model in ``model_dir`` on ``task`` with one seed and evaluate it."""
+) -> tuple[nn.Module, SeedResult]:
+    """Finetune the pretrained model in ``model_dir`` on ``task`` with one seed; return the model (in eval mode,
+    holding the weights ``config.select`` keeps) and its scores on every labelled evaluation split.
+
+    With ``select="best"`` the validation split is scored after every epoch (and at the end) and the weights of
+    the best main metric are kept; ``early_stopping_patience`` ends the run after that many epochs without
+    improvement. With ``select="last"`` nothing is scored before the end."""
     torch.manual_seed(seed)
     model = _load_classifier(model_dir, task, config)
     collator = TaskCollator(tokenizer, config.max_length_for(model.config), task.is_regression)
@@ -204,9 +176,28 @@ def finetune_seed(
     optimizer = build_adamw(model, config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
     started, step, loss_value = time.perf_counter(), 0, float("nan")
+    validation = capped(task.validation, config.max_eval_examples)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (score, step, weights)
+    stale_epochs = 0
+
+    def checkpoint() -> bool:
+        """Score the validation split, keep the weights if best; ``True`` when early stopping says stop."""
+        nonlocal best, stale_epochs
+        logits = predict(model, validation, collator, config.eval_batch_size)
+        labels = torch.tensor([example.label for example in validation])
+        score = compute_metrics(task.metric_names[:1], logits, labels)[task.metric_names[0]]
+        model.train()
+        if best is None or score > best[0]:  # NaN (a constant prediction's correlation) never counts as better
+            best = (score, step, {name: value.detach().clone() for name, value in model.state_dict().items()})
+            stale_epochs = 0
+            return False
+        stale_epochs += 1
+        return config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience
+
     bar = tqdm(total=total_steps, desc=f"{task.name} seed {seed}", disable=not show_progress, leave=False)
     model.train()
-    while step < total_steps:
+    stopped = False
+    while step < total_steps and not stopped:
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
@@ -219,22 +210,53 @@ def finetune_seed(
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if step >= total_steps:
                 break
+        if config.select == "best" and step < total_steps:
+            stopped = checkpoint()
     bar.close()
+    kept_step = step
+    if config.select == "best":
+        checkpoint()
+        assert best is not None
+        if best[1] != step:
+            model.load_state_dict(best[2])
+        kept_step = best[1]
     seconds = time.perf_counter() - started
     metrics = evaluate(model, task, collator, config.eval_batch_size, config.max_eval_examples)
-    return SeedResult(seed, metrics, len(train), seconds, loss_value)
+    model.eval()
+    return model, SeedResult(seed, metrics, len(train), seconds, loss_value, kept_step=kept_step, steps=step)
+
+
+def finetune_seed(
+    model_dir: str | Path, task: TaskData, tokenizer: Any, config: FinetuneConfig, seed: int, show_progress: bool = True
+) -> SeedResult:
+    """The scores of :func:`train_classifier` (the model is dropped)."""
+    return train_classifier(model_dir, task, tokenizer, config, seed, show_progress)[1]
 
 
 def finetune_task(
-    model_dir: str | Path, task: TaskData, tokenizer: Any, config: FinetuneConfig, show_progress: bool = True
-) -> TaskResult:
-    """All seeds of ``config`` on ``task``; the result carries the median of every metric."""
-    seeds = [finetune_seed(model_dir, task, tokenizer, config, seed, show_progress) for seed in config.seeds]
+    model_dir: str | Path,
+    task: TaskData,
+    tokenizer: Any,
+    config: FinetuneConfig,
+    show_progress: bool = True,
+    keep_model: bool = False,
+) -> TaskResult | tuple[TaskResult, nn.Module]:
+    """All seeds of ``config`` on ``task``; the result carries the median of every metric. With ``keep_model``
+    also the model of the seed with the best validation main metric (the first such seed on a tie)."""
+    seeds, kept, kept_seed, kept_score = [], None, None, -math.inf
+    for seed in config.seeds:
+        model, result = train_classifier(model_dir, task, tokenizer, config, seed, show_progress)
+        seeds.append(result)
+        score = result.metrics["validation"][task.metric_names[0]]
+        if keep_model and (kept is None or score > kept_score):
+            kept, kept_seed, kept_score = model, seed, score
+        del model
     sizes = {
         split: len(capped(examples, config.max_eval_examples))
         for split, examples in task.evaluation_splits().items()
     }
-    return TaskResult(task.name, task.metric_names[0], seeds, eval_examples=sizes)
+    result = TaskResult(task.name, task.metric_names[0], seeds, eval_examples=sizes, kept_seed=kept_seed)
+    return (result, kept) if keep_model else result
 
 
 def results_table(results: list[TaskResult], split: str = "validation") -> str:

@@ -2,9 +2,10 @@
 
 ``pretrain_job``: a corpus (yours, or the embedded default) to a pretrained model folder (``save_pretrained`` +
 tokenizer) with checkpoints and metrics, in a run folder it locks while it writes there and never starts over an
-old run unless told to resume or replace it. ``finetune_job``: a pretrained folder to per-task scores (median over
-seeds) as JSON + markdown, after checking everything it can before the first task trains. ``mlm_validation``:
-masked-LM loss and accuracy of a pretrained folder.
+old run unless told to resume or replace it. ``finetune_job``: a pretrained folder and named tasks or your own
+files to finetuned model folders and per-task scores (median over seeds), after checking everything it can
+before the first task trains. ``mlm_validation``: masked-LM loss and accuracy of a pretrained folder. Model
+folders are built beside their destination and renamed into place.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,19 @@ from ..data import (
     tokenizer_for_corpus,
 )
 from ..data.corpus import Corpus
-from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
+from ..data.tasks import LOCAL_TASKS, TaskCollator, TaskData, load_local_task, task_name
 from ..data.tokenizer import tokenizer_fingerprint
+from ..data.userdata import UserFiles
 from ..model.configuration import CrammedBertConfig
 from ..model.convert import model_class_for
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertForMaskedLM
 from ..model.tokenizer import load_tokenizer
-from .checkpointing import RunFolderError, holds_checkpoints, run_folder_lock
+from .checkpointing import RunFolderError, holds_checkpoints, publish_folder, run_folder_lock, staging_folder
+from .config import PretrainJob
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
-from .finetune import FinetuneConfig, TaskResult, finetune_task, results_table, write_results
-from .pretrain import CHECKPOINTS, METRICS, PretrainConfig, Pretrainer, mlm_metrics
+from .finetune import FinetuneConfig, TaskResult, finetune_task, predict, results_table, write_results
+from .pretrain import CHECKPOINTS, METRICS, Pretrainer, mlm_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -49,31 +52,16 @@ MODEL = "model"
 FINAL = "final.json"
 
 
-@dataclass
-class PretrainJob:
-    """Everything ``ultrafastbert pretrain`` needs; ``corpus`` empty means the embedded default corpus."""
-
-    output_dir: str = field(metadata={"flag": "--output", "help": "run folder: checkpoints/, metrics.jsonl, model/"})
-    preset: str = field(
-        default="tiny-ufb-1x8", metadata={"help": "crammed-bert, ufb-KxD, tiny-crammed-bert[-W], tiny-ufb-KxD"}
-    )
-    corpus: list[str] = field(
-        default_factory=list, metadata={"nargs": "*", "help": "text files, folders or .jsonl (default: embedded)"}
-    )
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "folder with tokenizer.json (default: train one on the corpus)"}
-    )
-    vocab_size: int = field(default=32768, metadata={"help": "vocabulary of a tokenizer trained on the corpus"})
-    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)"}
-    )
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
-    overwrite: bool = field(
-        default=False, metadata={"help": "delete the run already in --output (checkpoints, metrics, model) first"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    train: PretrainConfig = field(default_factory=PretrainConfig)
+def save_model_folder(model: Any, tokenizer: Any, destination: str | Path) -> None:
+    """``save_pretrained`` of the model and its tokenizer into ``destination``, built beside it and renamed into
+    place: a kill at any instant leaves the previous folder (or none), never a model without its tokenizer."""
+    staging = staging_folder(destination)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        publish_folder(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
@@ -170,8 +158,7 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     final = trainer.run()
     if context.is_main:
         model_dir = Path(job.output_dir) / MODEL
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        save_model_folder(model, tokenizer, model_dir)
         final |= {
             "model_dir": str(model_dir),
             "sequences": len(train_data),
@@ -198,47 +185,92 @@ def load_task(name: str, glue_dir: str | None, cache_dir: str | None) -> TaskDat
     return load_glue_task(name, glue_dir)
 
 
-def check_writable(prefix: str | Path) -> None:
-    """``OSError`` unless ``prefix``.json and ``prefix``.md can be written: their nearest existing ancestor must
-    be a folder we may write in, and neither may be a folder. Nothing is created."""
-    prefix = Path(prefix)
-    for target in (prefix.with_suffix(".json"), prefix.with_suffix(".md")):
-        if target.is_dir():
-            raise IsADirectoryError(f"cannot write the results to {target}: it is a folder")
-    ancestor = prefix.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise NotADirectoryError(f"cannot write the results to {prefix}.json: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write the results to {prefix}.json: {ancestor} is not writable")
+RESULTS = "results"  # results.json and results.md in a finetuning output folder
+PREDICTIONS = "predictions.tsv"
+
+
+def check_output_folder(output_dir: str | Path, model_dir: str | Path, overwrite: bool) -> None:
+    """``RunFolderError`` unless ``output_dir`` may receive a finetuning run: absent, empty, or (``overwrite``)
+    replaced as a whole at the end; never the input model's own folder."""
+    output = Path(output_dir)
+    if output.exists() and output.resolve() == Path(model_dir).resolve():
+        raise RunFolderError(f"--output-dir {output} is the input model's folder; choose another folder")
+    if output.exists() and not output.is_dir():
+        raise RunFolderError(f"--output-dir {output} is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise RunFolderError(
+            f"--output-dir {output} is not empty: choose another folder or pass --overwrite to replace it (the old "
+            "folder stays until the new one is complete)"
+        )
+
+
+def write_predictions(path: Path, model: Any, task: TaskData, tokenizer: Any, config: FinetuneConfig) -> None:
+    """``index<TAB>prediction`` for every test example (label names, or scores for regression)."""
+    examples = task.test or task.unlabelled_test
+    collator = TaskCollator(tokenizer, config.max_length_for(model.config), task.is_regression)
+    outputs = predict(model, examples, collator, config.eval_batch_size)
+    lines = ["index\tprediction"]
+    for index, row in enumerate(outputs):
+        answer = f"{row[0].item():.6g}" if task.is_regression else task.label_names[int(row.argmax())]
+        lines.append(f"{index}\t{answer}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def finetune_job(
     model_dir: str,
-    tasks: list[str],
-    output: str,
+    output_dir: str,
     config: FinetuneConfig,
+    tasks: Sequence[str] = (),
     glue_dir: str | None = None,
     cache_dir: str | None = None,
+    user_files: UserFiles | None = None,
+    overwrite: bool = False,
 ) -> list[TaskResult]:
-    """Finetune ``model_dir`` on every task, write ``output``.json/.md, print the table.
+    """Finetune ``model_dir`` on the named tasks or on your own files, and leave in ``output_dir``: the scores
+    (``results.json``/``.md``: every seed and the medians), the model of the seed with the best validation score
+    (your files: ``output_dir`` itself is that model's folder; named tasks: ``output_dir/<task>/``) with its
+    tokenizer and label names, and ``predictions.tsv`` for a test file.
 
     Whatever can fail for a reason other than training itself fails before the first task trains: the model's
-    config and tokenizer, ``max_length`` against the model, every task's name and data (all tasks are read
-    first), and whether ``output`` can be written. The results record the ``max_length`` actually used."""
+    config and tokenizer, ``max_length`` against the model, every task's name and data (all tasks are read first),
+    and the output folder (it is built beside ``output_dir`` and renamed into place when complete, so a failure
+    or a kill leaves the old folder, or none). The results record the ``max_length`` actually used."""
+    if bool(tasks) == (user_files is not None):
+        raise ValueError("give either task names (--tasks) or your own files (--train-file ...), not both or none")
     model_config = CrammedBertConfig.from_pretrained(model_dir)
     config = replace(config, max_length=config.max_length_for(model_config))
     tokenizer = load_tokenizer(model_dir)
-    check_writable(output)
-    loaded = [load_task(name, glue_dir, cache_dir) for name in tasks]
-    results = []
-    for task in loaded:
-        logger.info("%s", task.summary())
-        results.append(finetune_task(model_dir, task, tokenizer, config))
-    write_results(results, output, extra={"model_dir": str(model_dir), "config": asdict(config)})
+    check_output_folder(output_dir, model_dir, overwrite)
+    loaded = [user_files.load()] if user_files is not None else [load_task(name, glue_dir, cache_dir) for name in tasks]
+    staging = staging_folder(output_dir)
+    try:
+        results = []
+        for task in loaded:
+            logger.info("%s", task.summary())
+            result, model = finetune_task(model_dir, task, tokenizer, config, keep_model=True)
+            results.append(result)
+            folder = staging if user_files is not None else staging / task.name
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            if task.test or task.unlabelled_test:
+                write_predictions(folder / PREDICTIONS, model, task, tokenizer, config)
+        write_results(
+            results,
+            staging / RESULTS,
+            extra={"model_dir": str(model_dir), "config": asdict(config), "labels": _label_record(loaded)},
+        )
+        publish_folder(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(results_table(results))
     return results
+
+
+def _label_record(tasks: list[TaskData]) -> dict[str, Any]:
+    return {
+        task.name: {"regression": task.is_regression, "labels": list(task.label_names), "metrics": task.metric_names}
+        for task in tasks
+    }
 
 
 def tree_health_report(

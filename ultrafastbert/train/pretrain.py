@@ -20,7 +20,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from ..model.modeling import CrammedBertScaledSinusoidalPositions
 from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import PretrainConfig
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
-from .schedule import BatchRamp, Budget, TriangleSchedule
+from .schedule import BatchRamp, TriangleSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -46,67 +47,6 @@ METRICS = "metrics.jsonl"
 
 class TrainingDivergedError(RuntimeError):
     """The loss or gradient norm stopped being finite, or the weights did; the run stopped without saving."""
-
-
-@dataclass
-class PretrainConfig:
-    """Optimisation settings of one pretraining run; defaults are the crammed ``bert-o4`` recipe."""
-
-    micro_batch: int = field(default=128, metadata={"help": "sequences per forward pass per process"})
-    final_batch: int = field(
-        default=8192, metadata={"flag": "--batch", "help": "final sequences per optimizer step (all processes)"}
-    )
-    batch_ramp_until: float = field(
-        default=0.6, metadata={"help": "share of the budget over which the batch grows from one micro-batch to final"}
-    )
-    max_steps: int | None = field(default=None, metadata={"help": "step budget"})
-    max_minutes: float | None = field(
-        default=None, metadata={"help": "wall-clock budget of the training loop", "resume_may_change": True}
-    )
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    betas: tuple[float, float] = field(default=(0.9, 0.98), metadata={"help": "AdamW betas"})
-    eps: float = field(default=1e-12, metadata={"help": "AdamW epsilon"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    clip_norm: float = field(default=0.5, metadata={"help": "gradient norm clipping (0: off)"})
-    lr_start_factor: float = field(default=0.25, metadata={"help": "learning rate at the start, as a share of peak"})
-    lr_peak_at: float = field(default=0.75, metadata={"help": "share of the budget at which the learning rate peaks"})
-    seed: int = field(default=0, metadata={"help": "seeds the sequence order, the masks and the weights"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
-    checkpoint_every_minutes: float = field(
-        default=10.0, metadata={"help": "minutes between checkpoints", "resume_may_change": True}
-    )
-    eval_every_steps: int = field(
-        default=0, metadata={"help": "validation every N steps (0: only at the end)", "resume_may_change": True}
-    )
-    log_every_steps: int = field(
-        default=1, metadata={"help": "metrics.jsonl record every N steps", "resume_may_change": True}
-    )
-    keep_checkpoints: int = field(
-        default=2, metadata={"help": "newest checkpoints kept on disk (at least 1)", "resume_may_change": True}
-    )
-    max_nonfinite_steps: int = field(
-        default=0,
-        metadata={
-            "help": "steps in a row with a non-finite loss or gradient norm that are skipped (no update); "
-            "one more stops the run",
-            "resume_may_change": True,
-        },
-    )
-    # The learned scalar of the scaled sinusoidal positions. Adam moves a lone scalar by about lr per step whatever
-    # its gradient, and early MLM gradients say "positions are noise": in CPU-scale runs it reached 0 within a few
-    # hundred steps, leaving a bag-of-words model stuck at unigram accuracy on [MASK] tokens. Kept fixed at its
-    # initial value unless this is set.
-    train_position_scale: bool = field(
-        default=False,
-        metadata={
-            "help": "also train the position embeddings' scalar (fixed by default: it collapses to 0 in short runs)"
-        },
-    )
-
-    @property
-    def budget(self) -> Budget:
-        seconds = None if self.max_minutes is None else self.max_minutes * 60.0
-        return Budget(max_steps=self.max_steps, max_seconds=seconds)
 
 
 # Keys of the compared run configuration that a resumed run may change: the software's description of itself

@@ -1,0 +1,299 @@
+"""Saved model folders carry their model code (``model/portable.py``): in a fresh process that cannot import
+``ultrafastbert``, the Auto classes and pipelines load them with ``trust_remote_code=True`` and compute what the
+package computes; where the package is installed, the folder's code uses the package's FFF layer."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, pipeline
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+from ultrafastbert import (
+    FFF,
+    CrammedBertConfig,
+    CrammedBertForMaskedLM,
+    CrammedBertForSequenceClassification,
+    CrammedBertTokenizer,
+)
+from ultrafastbert.data.tokenizer import train_tokenizer
+from ultrafastbert.model import convert_checkpoint
+from ultrafastbert.model.configuration import AUTO_MAP, MODELING_FILE
+from ultrafastbert.model.portable import FOLDER_FILES, KERNEL_STAND_IN, PACKAGE_ROOT, model_code
+from ultrafastbert.model.tokenizer import load_tokenizer
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog .",
+    "a small model reads the text and fills the gap .",
+    "every tree routes a token to one leaf , then the next layer reads it .",
+    "dogs and foxes run over the hills in the morning .",
+] * 10
+MASKED = ["the quick brown <mask> jumps over the lazy dog .", "a small model reads the <mask> ."]
+CLASSIFIED = ["the lazy dog runs over the hills .", "a token is routed to one leaf ."]
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+MAX_LEN = 24
+FIXTURES = Path(__file__).parent / "fixtures"
+TOLERANCE = 1e-5  # the folder's pure-PyTorch FFF paths against the package's kernel, fp32
+MODELS = {  # folder -> (class, config fields): dense and FFF, masked LM and classifiers with named labels
+    "mlm_dense": (CrammedBertForMaskedLM, {"ffn_type": "dense", "hidden_act": "gelu_glu"}),
+    "mlm_fff": (CrammedBertForMaskedLM, {"ffn_type": "fff"}),
+    "cls_dense": (CrammedBertForSequenceClassification, {"ffn_type": "dense", "classifier_pooling": "avg"}),
+    "cls_fff": (CrammedBertForSequenceClassification, {"ffn_type": "fff"}),
+}
+
+# Run in a fresh process from an empty folder; argv[1]: the JSON of ``subprocess_inputs``. With "block", importing
+# ultrafastbert fails as where it is not installed. Prints the outputs as JSON.
+_SCRIPT = """
+import json, sys
+inputs = json.loads(sys.argv[1])
+if inputs["block"]:
+    sys.modules["ultrafastbert"] = None  # `import ultrafastbert` raises ImportError from here on
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+results = {}
+input_ids, attention_mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
+for name, folder in inputs["folders"].items():
+    masked_lm = name.startswith("mlm")
+    auto = AutoModelForMaskedLM if masked_lm else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    ffn = model.encoder.layers[0].ffn
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask).logits
+        path = ffn.resolve_impl(torch.zeros(1, ffn.width)) if hasattr(ffn, "resolve_impl") else None
+    if masked_lm:
+        outputs = pipeline("fill-mask", model=folder, trust_remote_code=True)(inputs["masked"], top_k=5)
+    else:
+        classify = pipeline("text-classification", model=folder, trust_remote_code=True)
+        outputs = classify(inputs["classified"], top_k=None)
+    results[name] = {
+        "logits": logits.tolist(), "pipeline": outputs, "model_module": type(model).__module__,
+        "ffn_module": type(ffn).__module__, "ffn_path": path,
+    }
+    if name == "mlm_fff":  # saved again from the folder's own code (transformers copies the files), and reloaded
+        model.save_pretrained(inputs["resaved"])
+        again = AutoModelForMaskedLM.from_pretrained(inputs["resaved"], trust_remote_code=True).eval()
+        with torch.no_grad():
+            results["resaved_logits"] = again(input_ids, attention_mask).logits.tolist()
+for name in ("mlm_dense", "mlm_fff"):  # without trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(inputs["folders"][name])
+    results[f"tokenized_{name}"] = tokenizer(inputs["masked"] + inputs["classified"])["input_ids"]
+results["imported"] = sorted(name for name in sys.modules if name.startswith("ultrafastbert") and sys.modules[name])
+print("\\n" + json.dumps(results))  # on a line of its own: transformers' question about the code precedes it
+"""
+
+
+def random_model(model_class: type, vocab_size: int, seed: int, **fields: object) -> torch.nn.Module:
+    """A tiny model with O(1) random weights, biases and norms included (the N(0, 0.02) init, zero biases and unit
+    norms would make every output nearly equal)."""
+    config = CrammedBertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LEN,
+        fff_trees=2,
+        fff_depth=2,
+        intermediate_size=24,
+        classifier_hidden_size=20,
+        embedding_dropout_prob=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+        id2label=LABELS,
+        label2id={label: index for index, label in LABELS.items()},
+        **fields,
+    )
+    torch.manual_seed(seed)
+    model = model_class(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.endswith("scale_factor"):
+                param.copy_(torch.randn_like(param) / max(param.shape[-1], 1) ** 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, torch.nn.Module]]:
+    """Each model of ``MODELS`` saved with its tokenizer, as a training run saves them: every other one with the
+    run's tokenizer (read back from its cache), the others with this package's tokenizer class."""
+    root = tmp_path_factory.mktemp("portable")
+    with pytest.warns(UserWarning, match="yields only"):  # a tiny corpus cannot fill 500 tokens
+        train_tokenizer(TEXTS, vocab_size=500, output_dir=root / "tokenizer", model_max_length=MAX_LEN)
+    tokenizers = [load_tokenizer(root / "tokenizer"), CrammedBertTokenizer.from_pretrained(root / "tokenizer")]
+    folders = {}
+    for seed, (name, (model_class, fields)) in enumerate(MODELS.items()):
+        tokenizer = tokenizers[seed % 2]
+        model = random_model(model_class, len(tokenizer), seed, **fields)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        folders[name] = (root / name, model)
+    return folders
+
+
+def batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, vocab_size, (3, 10), generator=generator)
+    attention_mask = torch.ones(3, 10, dtype=torch.long)
+    attention_mask[1, -3:] = 0
+    return input_ids, attention_mask
+
+
+# --- what is written ------------------------------------------------------------------------------------------
+
+
+def test_the_auto_map_names_classes_of_files_in_the_folder(saved) -> None:
+    assert AUTO_MAP["AutoModelForSequenceClassification"] == "modeling_crammedbert.CrammedBertForSequenceClassification"
+    for folder, _ in saved.values():
+        assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+        for reference in AUTO_MAP.values():
+            file, class_name = reference.split(".")
+            tree = ast.parse((folder / f"{file}.py").read_text())
+            assert class_name in {node.name for node in tree.body if isinstance(node, ast.ClassDef)}, reference
+
+
+def test_a_converted_original_checkpoint_carries_the_code_too(tmp_path: Path) -> None:
+    folder = convert_checkpoint(FIXTURES / "mlm_fff_1x3", tmp_path / "clean")
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+    assert (folder / f"{MODELING_FILE}.py").is_file() and (folder / f"{KERNEL_STAND_IN}.py").is_file()
+
+
+def test_the_folder_code_is_complete_and_needs_only_transformers_and_torch(saved) -> None:
+    """The files ``transformers`` gathers for the modeling file (its relative imports, followed) are exactly those
+    written, and none imports this package outside a ``try`` (which ``check_imports`` skips)."""
+    folder, _ = saved["mlm_fff"]
+    written = {path.name for path in folder.glob("*.py")}
+    assert written == {f"{name}.py" for name in [*FOLDER_FILES.values(), KERNEL_STAND_IN]}
+    gathered = {Path(path).name for path in get_relative_import_files(folder / f"{MODELING_FILE}.py")}
+    assert gathered | {f"{MODELING_FILE}.py"} == written
+    for name in written:
+        assert "ultrafastbert" not in get_imports(folder / name), name
+
+
+def statements_besides_relative_imports(source: str, leave_out: tuple[str, str] | None = None) -> list[str]:
+    """The top-level statements of ``source`` (dumped), less relative imports, ``try`` blocks (the rewritten
+    imports) and the method ``leave_out`` (class, method)."""
+    statements = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Try) or (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        if leave_out and isinstance(node, ast.ClassDef) and node.name == leave_out[0]:
+            node.body = [member for member in node.body if getattr(member, "name", None) != leave_out[1]]
+        statements.append(ast.dump(node))
+    return statements
+
+
+def test_the_folder_files_are_the_package_sources() -> None:
+    """One owner per fact: the folder's files are the package's modules, apart from their relative imports and
+    the package-only ``save_pretrained``; a module without relative imports is copied as it is."""
+    code = model_code()
+    assert code["fff_reference"].split("\n", 1)[1] == (PACKAGE_ROOT / "fff" / "reference.py").read_text()
+    for module, file in FOLDER_FILES.items():
+        source = PACKAGE_ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py").read_text()
+        leave_out = ("CrammedBertPreTrainedModel", "save_pretrained") if file == MODELING_FILE else None
+        assert statements_besides_relative_imports(code[file]) == statements_besides_relative_imports(
+            source, leave_out
+        ), file
+    assert "def save_pretrained" not in code[MODELING_FILE] and "portable" not in code[MODELING_FILE]
+
+
+def test_the_package_keeps_serving_its_folders_without_remote_code(saved) -> None:
+    loaded = AutoModelForSequenceClassification.from_pretrained(saved["cls_dense"][0])
+    assert type(loaded) is CrammedBertForSequenceClassification
+    assert type(AutoModelForMaskedLM.from_pretrained(saved["mlm_fff"][0]).encoder.layers[0].ffn) is FFF
+
+
+def test_push_to_hub_from_save_pretrained_is_refused(tmp_path: Path) -> None:
+    """Its upload happens inside ``PreTrainedModel.save_pretrained``, before the code is written."""
+    model = random_model(CrammedBertForMaskedLM, 30, 0)
+    with pytest.raises(ValueError, match="push_to_hub"):
+        model.save_pretrained(tmp_path, push_to_hub=True)
+    assert not list(tmp_path.iterdir())
+
+
+# --- loading where the package is missing, or installed -------------------------------------------------------
+
+
+def run_folder_script(saved, tmp_path: Path, block: bool) -> tuple[dict, str]:
+    vocab_size = saved["mlm_dense"][1].config.vocab_size
+    input_ids, attention_mask = batch(vocab_size)
+    inputs = {
+        "block": block,
+        "folders": {name: str(folder) for name, (folder, _) in saved.items()},
+        "resaved": str(tmp_path / "resaved"),
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
+        "masked": MASKED,
+        "classified": CLASSIFIED,
+    }
+    (tmp_path / "cwd").mkdir()
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(inputs)],
+        cwd=tmp_path / "cwd",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def assert_same_pipeline_outputs(theirs: list, ours: list) -> None:
+    for their_results, our_results in zip(theirs, ours, strict=True):
+        their_keys = [{k: v for k, v in r.items() if k != "score"} for r in their_results]
+        assert their_keys == [{k: v for k, v in r.items() if k != "score"} for r in our_results]
+        their_scores = torch.tensor([r["score"] for r in their_results])
+        torch.testing.assert_close(
+            their_scores, torch.tensor([r["score"] for r in our_results]), atol=TOLERANCE, rtol=0
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installed", [False, True], ids=["package-missing", "package-installed"])
+def test_folders_load_with_remote_code_and_compute_what_the_package_computes(saved, tmp_path, installed) -> None:
+    results, stderr = run_folder_script(saved, tmp_path, block=not installed)
+    input_ids, attention_mask = batch(saved["mlm_dense"][1].config.vocab_size)
+    for name, (folder, model) in saved.items():
+        found = results[name]
+        if not installed:  # installed, the folder code's import of the package registers its classes, which serve
+            assert found["model_module"].startswith("transformers_modules.")
+            assert found["model_module"].endswith(MODELING_FILE)
+        with torch.no_grad():
+            expected = model(input_ids, attention_mask).logits
+            kernel_path = model.encoder.layers[0].ffn.resolve_impl(torch.zeros(1, 16)) if "fff" in name else None
+        torch.testing.assert_close(torch.tensor(found["logits"]), expected, atol=TOLERANCE, rtol=0)
+        if "fff" in name:
+            # the package's FFF layer (and its kernel) where installed; the folder's pure-PyTorch copy otherwise
+            if installed:
+                assert found["ffn_module"] == "ultrafastbert.fff.layer" and found["ffn_path"] == kernel_path
+            else:
+                assert found["ffn_module"].startswith("transformers_modules.")
+                assert found["ffn_module"].endswith(".fff_layer") and found["ffn_path"] == "walk"
+        if name.startswith("mlm"):
+            ours = pipeline("fill-mask", model=str(folder))(MASKED, top_k=5)
+        else:
+            ours = pipeline("text-classification", model=str(folder))(CLASSIFIED, top_k=None)
+            assert {result["label"] for result in ours[0]} == set(LABELS.values())
+        assert_same_pipeline_outputs(found["pipeline"], ours)
+    torch.testing.assert_close(torch.tensor(results["resaved_logits"]), torch.tensor(results["mlm_fff"]["logits"]))
+    # a tokenizer class transformers does not know is read as its generic fast tokenizer, special tokens included
+    assert json.loads((saved["mlm_fff"][0] / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "CrammedBertTokenizer"
+    )
+    expected_ids = load_tokenizer(saved["mlm_dense"][0])(MASKED + CLASSIFIED)["input_ids"]
+    assert results["tokenized_mlm_dense"] == results["tokenized_mlm_fff"] == expected_ids
+    if installed:
+        assert "ultrafastbert.fff.layer" in results["imported"]
+    else:
+        assert results["imported"] == []
+        assert "ultrafastbert is not installed: the FFF layers of this model folder run their pure-PyTorch" in stderr
