@@ -6,12 +6,10 @@ import json
 import random
 
 import pytest
-import torch
+from model_helpers import tiny_pretrained
 
 from ultrafastbert.data.tasks import Example, TaskData
-from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.model.configuration import CrammedBertConfig
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.finetune import FinetuneConfig, SeedResult, TaskResult, finetune_task, write_results
 
 ANIMALS, COLOURS, TOOLS = ["cat", "dog", "horse", "bird"], ["red", "blue", "green", "pink"], ["saw", "drill", "axe"]
@@ -32,19 +30,7 @@ def topic_task(rng: random.Random, size: int) -> list[Example]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)  # the weights must not depend on what earlier tests drew from the global generator
-    texts = [" ".join(FILLER + ANIMALS + COLOURS + TOOLS)] * 20
-    tokenizer = train_tokenizer(texts, vocab_size=60, output_dir=folder)
-    config = CrammedBertConfig.from_preset(
-        "tiny-ufb-2x2",
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        classifier_hidden_size=32,
-    )
-    CrammedBertForMaskedLM(config).save_pretrained(folder)
+    tokenizer = tiny_pretrained(folder, FILLER + ANIMALS + COLOURS + TOOLS)
     return folder, tokenizer
 
 

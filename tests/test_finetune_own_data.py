@@ -11,16 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from model_helpers import tiny_pretrained
 from scipy import stats
 from transformers import AutoModelForSequenceClassification, pipeline
 
 import ultrafastbert  # noqa: F401  (registers the Auto classes)
 from ultrafastbert.cli import main
-from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.data.userdata import UserColumns, UserDataError, load_user_task
-from ultrafastbert.model.configuration import CrammedBertConfig
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train import jobs
 
 GROUPS = {"animal": ["cat", "dog", "horse", "bird"], "colour": ["red", "blue", "green", "pink"], "tool": ["saw", "axe"]}
@@ -31,19 +28,7 @@ FILLER = ["the", "a", "was", "near", "over", "under", "and", "it", "seen", "toda
 def pretrained(tmp_path_factory) -> Path:
     """A tiny masked-LM folder with its tokenizer (random weights: finetuning has to do all the work)."""
     folder = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    words = FILLER + [word for group in GROUPS.values() for word in group]
-    tokenizer = train_tokenizer([" ".join(words)] * 20, vocab_size=60, output_dir=folder)
-    config = CrammedBertConfig.from_preset(
-        "tiny-ufb-2x2",
-        vocab_size=len(tokenizer),
-        max_position_embeddings=32,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        classifier_hidden_size=32,
-    )
-    CrammedBertForMaskedLM(config).save_pretrained(folder)
+    tiny_pretrained(folder, FILLER + [word for group in GROUPS.values() for word in group])
     return folder
 
 

@@ -10,26 +10,18 @@ import torch
 
 pytest.importorskip("accelerate")  # installed by requirements.txt; Trainer refuses to start without it
 
+from model_helpers import tiny_pretrained  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments  # noqa: E402
 
 import ultrafastbert  # noqa: E402, F401  (registers the Auto classes)
-from ultrafastbert.data.tokenizer import train_tokenizer  # noqa: E402
-from ultrafastbert.model.configuration import CrammedBertConfig  # noqa: E402
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM  # noqa: E402
 
 WORDS = ["the", "a", "film", "was", "and", "it", "fine", "good", "dull", "bad"]
 
 
 @pytest.mark.slow
 def test_trainer_finetunes_a_saved_model_and_saves_a_loadable_classifier(tmp_path):
-    torch.manual_seed(0)
     pretrained = tmp_path / "pretrained"
-    tokenizer = train_tokenizer([" ".join(WORDS)] * 20, vocab_size=40, output_dir=pretrained)
-    config = CrammedBertConfig.from_preset(
-        "tiny-ufb-2x2", vocab_size=len(tokenizer), max_position_embeddings=16, hidden_size=32,
-        num_hidden_layers=1, num_attention_heads=2, classifier_hidden_size=32,
-    )  # fmt: skip
-    CrammedBertForMaskedLM(config).save_pretrained(pretrained)
+    tiny_pretrained(pretrained, WORDS, vocab_size=40, max_positions=16)
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained)
     model = AutoModelForSequenceClassification.from_pretrained(
