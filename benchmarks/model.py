@@ -2,6 +2,7 @@
 
 Same as ``ultrafastbert bench model``: crammedBERT dense, UltraFastBERT with the masking reference and with the
 default path, and transformers' BERT, side by side; writes ``benchmarks/results/model.{json,png}`` by default.
+``--device cuda`` runs them on a GPU (``benchmarks/gpu.sh``; ``docs/gpu.md``).
 """
 
 import sys

@@ -8,12 +8,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .timing import Rounds, thread_count
+from .timing import DEVICES, Rounds, thread_count
+
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
 class LayerBenchConfig:
     tokens: tuple[int, ...] = field(default=(1, 128, 16384), metadata={"help": "token counts of the forward timings"})
+    device: str = field(
+        default="cpu",
+        metadata={
+            "choices": DEVICES,
+            "help": "cpu: every FFF path, one pass per thread count; cuda: dense FF (cuBLAS, torch.compile) vs the "
+            "FFF Triton kernels, one pass per dtype, timed with CUDA events",
+        },
+    )
+    dtypes: tuple[str, ...] = field(
+        default=("float32",),
+        metadata={"choices": DTYPES, "help": "cuda: one pass per dtype (the CPU benchmark is float32)"},
+    )
     width: int = field(default=768, metadata={"help": "features in and out"})
     depth: int = field(default=11, metadata={"help": "FFF tree depth"})
     trees: int = field(default=1, metadata={"help": "FFF trees"})
@@ -61,6 +75,10 @@ class ModelBenchConfig:
     """Shapes default to the published models: 16 layers, hidden 768, 12 heads, vocab 32768, sequence 128."""
 
     batches: tuple[int, ...] = field(default=(1, 8), metadata={"help": "batch sizes (sequences per forward)"})
+    device: str = field(
+        default="cpu",
+        metadata={"choices": DEVICES, "help": "cuda: timed with CUDA events, without the per-component split"},
+    )
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
     layers: int = field(default=16, metadata={"help": "transformer layers"})
     hidden: int = field(default=768, metadata={"help": "hidden size"})

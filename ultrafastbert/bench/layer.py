@@ -10,6 +10,10 @@ reference (what the original trains and ships); the paper-style gather/BMM walk 
 its node's rows and takes batched dot products: ``impl="walk"``), the same walk through ``torch.compile``; and
 the compiled kernel. Training steps (forward + backward) time the reference, the autograd-free sparse path and
 the kernel.
+
+``device="cuda"`` (``run_device_benchmark``) times, one pass per dtype, dense FF-3072 through cuBLAS (eager) and
+through ``torch.compile``, the masking reference, the PyTorch gather walk / sparse path, and the Triton kernels,
+forward and forward + backward, with CUDA events; ``docs/gpu.md`` says how to run it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ..fff import FFF, kernels, neurons_per_token
+from ..fff.ops import TRITON_DEVICES
 from ..fff.sparse import walk_forward
 from .config import LayerBenchConfig
-from .timing import TIMING_METHOD, Rounds, TimedCall, machine_info, time_interleaved
+from .timing import CUDA_TIMING, TIMING_METHOD, Rounds, TimedCall, machine_info, require_device, time_interleaved
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Measurement:
     min_ms: float
     repeats: int
     threads: int
+    dtype: str = "float32"
 
 
 @dataclass
@@ -133,12 +139,14 @@ def check_against_reference(candidates: list[Candidate], x: Tensor) -> dict[str,
 
 
 def measure(candidates: list[Candidate], mode: str, x: Tensor, rounds: Rounds) -> list[Measurement]:
-    """Time ``candidates`` on ``x`` together, in interleaved rounds. ``"forward"``: the plain module call, as a user
-    makes it inside ``torch.no_grad()`` (entered once, not per call); ``"train"``: forward and backward."""
+    """Time ``candidates`` on ``x`` together, in interleaved rounds, on ``x``'s device. ``"forward"``: the plain
+    module call, as a user makes it inside ``torch.no_grad()`` (entered once, not per call); ``"train"``: forward
+    and backward."""
+    device = x.device.type
     if mode == "forward":
         calls = [TimedCall(c.name, functools.partial(c.module, x), c.prepare) for c in candidates]
         with torch.no_grad():
-            timings = time_interleaved(calls, rounds)
+            timings = time_interleaved(calls, rounds, device)
     else:
         upstream = torch.randn_like(x)
         x = x.detach().requires_grad_(True)
@@ -149,9 +157,10 @@ def measure(candidates: list[Candidate], mode: str, x: Tensor, rounds: Rounds) -
             (module(x) * upstream).sum().backward()
 
         calls = [TimedCall(c.name, functools.partial(step, c.module), c.prepare) for c in candidates]
-        timings = time_interleaved(calls, rounds)
+        timings = time_interleaved(calls, rounds, device)
+    dtype = str(x.dtype).removeprefix("torch.")
     return [
-        Measurement(name, mode, x.shape[0], t.median_s * 1e3, t.min_s * 1e3, t.repeats, t.threads)
+        Measurement(name, mode, x.shape[0], t.median_s * 1e3, t.min_s * 1e3, t.repeats, t.threads, dtype)
         for name, t in timings.items()
     ]
 
@@ -173,11 +182,15 @@ def thread_passes(requested: tuple[int, ...]) -> list[int]:
     return passes
 
 
-def measure_gemm_gflops(width: int, hidden: int, tokens: int = 4096) -> float:
-    """Achieved GFLOP/s of a large sgemm: the machine's practical compute ceiling for the floor estimate."""
-    a, b = torch.randn(tokens, width), torch.randn(width, hidden)
+def measure_gemm_gflops(
+    width: int, hidden: int, tokens: int = 4096, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """Achieved GFLOP/s of a large GEMM (sgemm on CPU): the machine's practical compute ceiling for the floor
+    estimate."""
+    a = torch.randn(tokens, width, device=device, dtype=dtype)
+    b = torch.randn(width, hidden, device=device, dtype=dtype)
     rounds = Rounds(min_rounds=3, max_rounds=1000, min_seconds=0.5)
-    timing = time_interleaved([TimedCall("sgemm", lambda: a @ b)], rounds)["sgemm"]
+    timing = time_interleaved([TimedCall("gemm", lambda: a @ b)], rounds, device)["gemm"]
     return 2 * tokens * width * hidden / timing.median_s / 1e9
 
 
@@ -187,7 +200,13 @@ def fff_useful_flops(tokens: int, width: int, depth: int, trees: int) -> int:
 
 
 def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
-    """Time all candidates (one pass per thread count), print tables and write ``<output>.json`` and ``.png``."""
+    """Time all candidates (one pass per thread count), print tables and write ``<output>.json`` and ``.png``.
+    ``config.device == "cuda"``: ``run_device_benchmark``."""
+    require_device(config.device)
+    if config.device != "cpu":
+        return run_device_benchmark(config, output)
+    if set(config.dtypes) != {"float32"}:
+        raise ValueError("--dtypes: the CPU benchmark times float32 only (bfloat16 is timed with --device cuda)")
     torch.manual_seed(config.seed)
     candidates = build_candidates(config)
     results: list[Measurement] = []
@@ -221,6 +240,7 @@ def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = No
         "machine": machine,
         "timing": TIMING_METHOD,
         "config": asdict(config),
+        "passes_by": "threads",
         "passes": passes,
         "skipped": skipped,
         "results": [asdict(r) for r in results],
@@ -240,20 +260,33 @@ def _progress_line(m: Measurement) -> str:
     return f"  {m.mode:<7} {m.tokens:>6} tokens  {m.name:<32} {m.median_ms:10.4f} ms  ({m.repeats} runs)"
 
 
+def _pass_key(report: dict) -> str:
+    """What the passes of a report differ in: the thread count on CPU, the dtype on a GPU."""
+    return report.get("passes_by", "threads")
+
+
+def _pass_label(key: str, value: object) -> str:
+    return f"{value} threads" if key == "threads" else str(value)
+
+
 def format_table(report: dict, baseline: str) -> str:
     """Markdown tables of median ms and the speed-up of each path over ``baseline``: per pass, one per mode."""
-    lines = [f"cpu={report['machine']['cpu']}  logical cores={report['machine']['logical_cores']}"]
+    machine, key = report["machine"], _pass_key(report)
+    lines = [f"cpu={machine['cpu']}  logical cores={machine['logical_cores']}"]
+    if key == "dtype":
+        lines = [f"gpu={machine['gpu']}  cuda={machine['cuda']}  triton={machine['triton']}  {lines[0]}"]
     for run in report["passes"]:
-        threads = run["threads"]
-        lines += ["", f"threads={threads}  sgemm={run['sgemm_gflops']:.0f} GFLOP/s"]
+        value = run[key]
+        gemm = "sgemm" if key == "threads" else "gemm"
+        lines += ["", f"{key}={value}  {gemm}={run[f'{gemm}_gflops']:.0f} GFLOP/s"]
         for mode in ("forward", "train"):
-            rows = [r for r in report["results"] if r["mode"] == mode and r["threads"] == threads]
+            rows = [r for r in report["results"] if r["mode"] == mode and r[key] == value]
             if not rows:
                 continue
             names = list(dict.fromkeys(r["name"] for r in rows))
             tokens = list(dict.fromkeys(r["tokens"] for r in rows))
             by_key = {(r["name"], r["tokens"]): r["median_ms"] for r in rows}
-            lines += ["", f"{mode}, {threads} threads: median ms (speed-up over {baseline})", ""]
+            lines += ["", f"{mode}, {_pass_label(key, value)}: median ms (speed-up over {baseline})", ""]
             lines.append("| implementation | " + " | ".join(f"{t} tokens" for t in tokens) + " |")
             lines.append("|---|" + "---|" * len(tokens))
             for name in names:
@@ -265,58 +298,185 @@ def format_table(report: dict, baseline: str) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             if mode == "forward":
                 floor = " | ".join(f"{run['fff_floor_ms'][str(t)]:.4g}" for t in tokens)
-                lines.append(f"| FFF compute floor (useful FLOPs / sgemm rate) | {floor} |")
+                lines.append(f"| FFF compute floor (useful FLOPs / {gemm} rate) | {floor} |")
     for name, reason in report.get("skipped", {}).items():
         lines += ["", f"skipped {name}: {reason}"]
     return "\n".join(lines)
 
 
-def plot_layer_report(report: dict, path: Path, baseline: str) -> None:
-    """Log-log time vs tokens per implementation, and the speed-up over the dense baseline; one line style per
-    thread count."""
+def plot_layer_report(report: dict, path: Path, baseline: str, modes: tuple[str, ...] = ("forward",)) -> None:
+    """Log-log time vs tokens per implementation, and the speed-up over the dense baseline, one row of panels per
+    mode; one line style per pass (thread count, or dtype on a GPU)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["results"] if r["mode"] == "forward"]
-    names = list(dict.fromkeys(r["name"] for r in rows))
+    key = _pass_key(report)
     styles = ["-", "--", ":", "-."]
-    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for index, run in enumerate(report["passes"]):
-        threads, style = run["threads"], styles[index % len(styles)]
-        base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline and r["threads"] == threads}
-        for color, name in enumerate(names):
-            mine = [r for r in rows if r["name"] == name and r["threads"] == threads]
-            points = sorted((r["tokens"], r["median_ms"]) for r in mine)
-            if not points:
-                continue
-            tokens, ms = zip(*points, strict=True)
-            label = f"{name}, {threads} threads"
-            ax_time.plot(tokens, ms, style, marker="o", color=f"C{color}", label=label)
-            ax_speed.plot(tokens, [base[t] / m for t, m in points], style, marker="o", color=f"C{color}", label=label)
-        floor = sorted((int(t), ms) for t, ms in run["fff_floor_ms"].items())
-        ax_time.plot(*zip(*floor, strict=True), style, color="gray", label=f"FFF compute floor, {threads} threads")
-    for ax, title, ylabel in (
-        (ax_time, "forward time", "median ms"),
-        (ax_speed, f"speed-up over {baseline}", "x"),
-    ):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_time.legend(fontsize=7)
-    config = report["config"]
-    threads = ", ".join(str(run["threads"]) for run in report["passes"])
+    fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.5 * len(modes)), squeeze=False)
+    for (ax_time, ax_speed), mode in zip(axes, modes, strict=True):
+        rows = [r for r in report["results"] if r["mode"] == mode]
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        for index, run in enumerate(report["passes"]):
+            value, style = run[key], styles[index % len(styles)]
+            base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline and r[key] == value}
+            for color, name in enumerate(names):
+                mine = [r for r in rows if r["name"] == name and r[key] == value]
+                points = sorted((r["tokens"], r["median_ms"]) for r in mine)
+                if not points:
+                    continue
+                tokens, ms = zip(*points, strict=True)
+                label = f"{name}, {_pass_label(key, value)}"
+                ax_time.plot(tokens, ms, style, marker="o", color=f"C{color}", label=label)
+                speed_up = [(t, base[t] / m) for t, m in points if t in base]
+                if speed_up:
+                    ax_speed.plot(*zip(*speed_up, strict=True), style, marker="o", color=f"C{color}", label=label)
+            if mode == "forward":
+                floor = sorted((int(t), ms) for t, ms in run["fff_floor_ms"].items())
+                ax_time.plot(*zip(*floor, strict=True), style, color="gray",
+                             label=f"FFF compute floor, {_pass_label(key, value)}")  # fmt: skip
+        for ax, title, ylabel in (
+            (ax_time, f"{mode} time", "median ms"),
+            (ax_speed, f"{mode}: speed-up over {baseline}", "x"),
+        ):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+        ax_time.legend(fontsize=7)
+    config, machine = report["config"], report["machine"]
+    passes = ", ".join(_pass_label(key, run[key]) for run in report["passes"])
     fig.suptitle(
-        f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, {threads} threads, "
-        f"{report['machine']['cpu']}"
+        f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, {passes}, "
+        f"{machine['gpu'] if key == 'dtype' else machine['cpu']}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- on a GPU -----------------------------------------------------------------------------------------------------
+
+# Outputs against the reference's, relative to its largest: float32 as on CPU; bfloat16 rounds both to 8 bits.
+DEVICE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+# Tokens a near-tie may route otherwise than the reference: a logit within float32 rounding of 0 goes either way
+# when the summation order differs (cuBLAS vs the kernels); about one decision in a million at width 768.
+MAX_ROUTED_OTHERWISE = 1e-3
+DEVICE_FFF_IMPLS = ("walk", "triton")
+
+
+def device_candidates(config: LayerBenchConfig, dtype: torch.dtype) -> tuple[list[Candidate], FFF]:
+    """Dense FF (cuBLAS, and the same module through ``torch.compile``), the masking reference, the PyTorch gather
+    walk / sparse path (what ``impl="auto"`` falls back to without Triton) and the Triton kernels; and the FFF."""
+    fff = FFF(config.width, config.depth, config.trees, device=config.device, dtype=dtype)
+    dense = dense_feedforward(config.width, config.dense_width).to(config.device, dtype)
+    name = f"dense FF-{config.dense_width}"
+    candidates = [
+        Candidate(f"{name} (cuBLAS)", dense),
+        Candidate(f"{name} (torch.compile)", torch.compile(dense, dynamic=False), optional=True),
+        Candidate("FFF reference (masking)", fff, "reference"),
+        Candidate("FFF gather/BMM (PyTorch)", fff, "walk", modes=("forward",)),
+        Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",)),
+        Candidate("FFF Triton", fff, "triton"),
+    ]
+    return candidates, fff
+
+
+def check_on_device(candidates: list[Candidate], fff: FFF, x: Tensor) -> tuple[dict[str, int], dict[str, str]]:
+    """Refuse to time an FFF path whose output differs from the reference's on the tokens that took the reference's
+    path, or that routes more than ``MAX_ROUTED_OTHERWISE`` of the tokens otherwise; and the compiled dense FF
+    against the eager one (removed, with the reason, if it cannot compile here). Returns the number of tokens each
+    FFF path routed otherwise, and ``{name: reason}`` of the candidates removed."""
+    tolerance = DEVICE_TOLERANCE[x.dtype]
+    routed_otherwise: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    with torch.no_grad():
+        fff.impl = "reference"
+        expected, expected_path = fff(x, return_path=True)
+        for impl in DEVICE_FFF_IMPLS:
+            fff.impl = impl
+            got, path = fff(x, return_path=True)
+            same = (path == expected_path).flatten(1).all(dim=1)
+            routed_otherwise[impl] = int((~same).sum())
+            if routed_otherwise[impl] > MAX_ROUTED_OTHERWISE * x.shape[0]:
+                raise AssertionError(f"FFF {impl} routes {routed_otherwise[impl]} of {x.shape[0]} tokens otherwise")
+            error = ((got - expected)[same].abs().max() / expected[same].abs().max()).item() if same.any() else 0.0
+            if error > tolerance:
+                raise AssertionError(f"FFF {impl} differs from the reference by {error:.2e} (relative)")
+        eager, compiled = candidates[0], candidates[1]
+        try:
+            error = ((compiled.run(x) - eager.run(x)).abs().max() / eager.run(x).abs().max()).item()
+        except Exception as failure:  # e.g. no working Triton/compiler for inductor here
+            reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:200]
+            skipped[compiled.name] = f"{type(failure).__name__}: {reason}"
+            candidates.remove(compiled)
+            print(f"  skipping {compiled.name}: {skipped[compiled.name]}", flush=True)
+        else:
+            if error > tolerance:
+                raise AssertionError(f"{compiled.name} differs from {eager.name} by {error:.2e} (relative)")
+    return routed_otherwise, skipped
+
+
+def run_device_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
+    """The layer benchmark on a GPU (``config.device``): one pass per dtype of ``config.dtypes``, each candidate
+    checked and timed with CUDA events at every token count, forward and forward + backward; JSON and plot as on
+    CPU."""
+    require_device(config.device)
+    if config.device not in TRITON_DEVICES:
+        raise ValueError(
+            f"--device {config.device}: the FFF Triton kernels are not registered for it (is Triton installed?)"
+        )
+    # one compiled graph per token count, mode and dtype: more than torch.compile's default of 8 per function
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    results: list[Measurement] = []
+    passes: list[dict] = []
+    skipped: dict[str, str] = {}
+    routed: dict[str, dict[str, int]] = {}
+    baseline = ""
+    for dtype_name in config.dtypes:
+        dtype = getattr(torch, dtype_name)
+        torch.manual_seed(config.seed)
+        candidates, fff = device_candidates(config, dtype)
+        baseline = candidates[0].name
+        print(f"[{dtype_name}]", flush=True)
+        for tokens in config.tokens:
+            x = torch.randn(tokens, config.width, device=config.device, dtype=dtype)
+            routed[f"{dtype_name}, {tokens} tokens"], removed = check_on_device(candidates, fff, x)
+            skipped.update(removed)
+            results += _measure_mode(candidates, "forward", x, config)
+        for tokens in config.train_tokens:
+            x = torch.randn(tokens, config.width, device=config.device, dtype=dtype)
+            results += _measure_mode(candidates, "train", x, config)
+        gflops = measure_gemm_gflops(config.width, config.dense_width, device=config.device, dtype=dtype)
+        floor = {
+            str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
+            for t in config.tokens
+        }
+        passes.append({"dtype": dtype_name, "gemm_gflops": gflops, "fff_floor_ms": floor})
+    report = {
+        "benchmark": "layer",
+        "device": config.device,
+        "machine": machine_info(config.device),
+        "timing": f"{TIMING_METHOD}; {CUDA_TIMING}",
+        "config": asdict(config),
+        "passes_by": "dtype",
+        "passes": passes,
+        "skipped": skipped,
+        "routed_otherwise_than_reference": routed,
+        "results": [asdict(r) for r in results],
+    }
+    print()
+    print(format_table(report, baseline=baseline))
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_layer_report(report, output.with_suffix(".png"), baseline=baseline, modes=("forward", "train"))
+        print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
+    return report
 
 
 def run_shape_benchmark(

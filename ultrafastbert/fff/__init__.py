@@ -1,6 +1,7 @@
-"""The FFF layer: module, reference oracle, conditional execution paths and the compiled CPU kernel."""
+"""The FFF layer: module, reference oracle, conditional execution paths, the compiled CPU kernel and the Triton GPU
+kernels (registered for CUDA by ``triton_ops``; Triton is imported on their first call)."""
 
-from . import kernels, ops
+from . import kernels, ops, triton_ops
 from .layer import FFF, IMPLEMENTATIONS, check_impl
 from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_backward, walk_forward
@@ -15,6 +16,7 @@ __all__ = [
     "nodes_per_tree",
     "ops",
     "sparse_fff",
+    "triton_ops",
     "visited_nodes_reference",
     "walk_backward",
     "walk_forward",

@@ -7,8 +7,11 @@ One module, several execution paths with one semantics (``docs/design.md`` §1),
 - ``"walk"``: pure-PyTorch conditional forward without autograd bookkeeping (inference only).
 - ``"kernel"``: the compiled CPU kernel (``csrc/``, called through the typed wrappers of ``ops``), float32 and
   bfloat16, forward and backward; inference uses a forward that saves nothing for backward.
+- ``"triton"``: the Triton GPU kernels (``triton_kernels``, through the same ops), float32 and bfloat16, forward
+  and backward; registered for CUDA where Triton is installed.
 - ``"auto"`` (default): the fastest correct path for the device, dtype and grad mode: ``"kernel"`` on CPU for
-  float32/bfloat16 when the kernel is built, else ``"sparse"`` (with grad) or ``"walk"`` (without).
+  float32/bfloat16 when the kernel is built, ``"triton"`` on CUDA for float32/bfloat16 when Triton is installed,
+  else ``"sparse"`` (with grad) or ``"walk"`` (without).
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from torch import Tensor, nn
 from torch.compiler import is_compiling
 
 from . import kernels, ops
-from .ops import KERNEL_DTYPES
+from .ops import KERNEL_DTYPES, TRITON_DEVICES
 from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_forward
 
-IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel")
+IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _KERNEL_IMPLS = ("auto", "kernel")  # impls whose inference runs the kernel when it can
 # Deepest tree a layer accepts. The kernel takes up to ops.MAX_DEPTH (24), but a depth-20 tree at width 768 already
@@ -130,15 +133,19 @@ class FFF(nn.Module):
             nodes = visited_nodes_reference(flat, weight_in, bias_in, self.depth, self.trees) if return_path else None
         elif impl == "sparse":
             out, nodes = sparse_fff(flat, weight_in, bias_in, weight_out, self.depth, self.trees)
-        elif impl == "kernel":
+        elif impl in ("kernel", "triton"):  # the same ops; the device picks the implementation
             if needs_grad:
                 weight_out_t = weight_out.t().contiguous()  # differentiable: its gradient is transposed back
                 out, nodes, _ = ops.fff_forward(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees)
-            else:
+            elif return_path:
                 with torch.no_grad():
                     out, nodes, _ = ops.fff_forward(
                         flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees
                     )
+            else:  # inference without the path (on CPU the hot path above has usually taken it)
+                with torch.no_grad():
+                    weight_out_t = self._weight_out_t(weight_out)
+                    out = ops.fff_infer(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees)
         else:  # "walk"
             if needs_grad:
                 raise RuntimeError(
@@ -164,11 +171,16 @@ class FFF(nn.Module):
         """The path ``forward`` takes for ``x``: ``impl`` itself unless it is ``"auto"``."""
         impl = self._impl
         if impl == "auto":
-            if x.dtype in KERNEL_DTYPES and x.is_cpu and kernels.available():
-                return "kernel"
+            if x.dtype in KERNEL_DTYPES:
+                if x.is_cpu and kernels.available():
+                    return "kernel"
+                if not x.is_cpu and x.device.type in TRITON_DEVICES:
+                    return "triton"
             return "sparse" if self._needs_grad(x) else "walk"
         if impl == "kernel":
             self._check_kernel_input(x)
+        elif impl == "triton":
+            self._check_triton_input(x)
         return impl
 
     @staticmethod
@@ -178,6 +190,15 @@ class FFF(nn.Module):
             raise RuntimeError(
                 f"FFF impl='kernel' needs a float32/bfloat16 CPU input and the compiled kernel; got {x.dtype} on "
                 f"{x.device}, kernel {state}. Use impl='auto' to fall back to the PyTorch paths."
+            )
+
+    @staticmethod
+    def _check_triton_input(x: Tensor) -> None:
+        if x.dtype not in KERNEL_DTYPES or x.device.type not in TRITON_DEVICES:
+            devices = ", ".join(sorted(TRITON_DEVICES)) or "none: needs torch with CUDA and Triton installed"
+            raise RuntimeError(
+                f"FFF impl='triton' needs a float32/bfloat16 input on a device with the Triton kernels ({devices}); "
+                f"got {x.dtype} on {x.device}. Use impl='auto' to fall back to the PyTorch paths."
             )
 
     def _needs_grad(self, x: Tensor) -> bool:

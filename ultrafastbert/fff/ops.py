@@ -10,6 +10,10 @@ PyTorch by ``sparse.walk_forward`` / ``sparse.walk_backward``; call the ops thro
 - ``fff_backward(grad_out, x, weight_in, weight_out_t, nodes, logits) -> (grad_x, grad_weight_in,
   grad_bias_in, grad_weight_out_t)``.
 
+On CUDA the implementations are the Triton kernels of ``triton_kernels``, registered by ``triton_ops`` when the
+package is imported, where torch has CUDA and Triton is installed; Triton itself is imported on the first CUDA
+call.
+
 Every input check the kernel can make without reading values is also made by the fake implementations
 (``check_forward_inputs``, ``check_backward_inputs``), with the kernel's messages, so a wrong shape or dtype fails
 while ``torch.compile`` or ``torch.export`` traces, not when the compiled graph first runs.
@@ -26,6 +30,9 @@ from .reference import nodes_per_tree
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 MAX_DEPTH = 24  # the kernel's kMaxDepth
+# Device types ("cuda") whose FFF ops run the Triton kernels: filled by triton_ops.register_triton_kernels. The layer
+# reads it to choose impl="triton"; a saved model folder's stand-in for this module copies it, empty.
+TRITON_DEVICES: set[str] = set()
 
 _LIB = torch.library.Library("ultrafastbert", "DEF")  # schemas here; CPU implementations in csrc/
 _TAGS = (torch.Tag.pt2_compliant_tag,)
@@ -90,9 +97,9 @@ def fff_backward(
 #
 # Each kernel TORCH_CHECK becomes one or more torch._check calls with the same condition order and the same
 # message, one call per size comparison: a symbolic size (a dynamic token count) is then recorded as a
-# constraint instead of being guarded on. Devices are not checked: only a CPU kernel is registered, so the
-# dispatcher turns other devices away before the kernel runs. The values of `nodes` (in range) are checked by
-# the kernel alone.
+# constraint instead of being guarded on. Devices are not checked: the dispatcher turns away devices without a
+# registered kernel (CPU: csrc/; CUDA: the Triton kernels) before any kernel runs. The values of `nodes` (in
+# range) are checked by the kernels alone.
 
 
 def _dtype_name(t: Tensor) -> str:
