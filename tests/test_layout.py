@@ -24,6 +24,7 @@ RANKS = {
     "data": 3,
     "train": 4,
     "bench": 5,
+    "fffify": 5,
     "study": 6,
     "demo_config": 6,
     "demo": 7,

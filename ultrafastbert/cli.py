@@ -264,6 +264,36 @@ def _add_finetune(finetune: argparse.ArgumentParser) -> None:
     finetune.set_defaults(handler=run)
 
 
+def _add_fffify(fffify: argparse.ArgumentParser) -> None:
+    from .fffify.config import FffifyConfig
+
+    fffify.add_argument("--model", required=True, type=model_folder, help="a trained BERT folder (with tokenizer)")
+    fffify.add_argument("--output", required=True, help="folder for the converted model (built aside, then renamed)")
+    fffify.add_argument("--overwrite", action="store_true", help="replace a non-empty --output when done")
+    fffify.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    add_flags(fffify.add_argument_group("conversion"), FffifyConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from .fffify.job import fffify_job
+        from .train.checkpointing import RunFolderError
+
+        try:
+            config = from_flags(FffifyConfig, args)
+            record = fffify_job(args.model, args.output, config, overwrite=args.overwrite, cache_dir=args.cache_dir)
+        except RunFolderError as error:
+            raise SystemExit(f"ultrafastbert fffify: error: {error}") from None
+        r2 = [layer.get("r2_heldout_after_e2e", layer["r2_heldout"]) for layer in record["layers"]]
+        embedding = record["embedding"]
+        print(
+            f"{record['architecture']} {record['shape']} saved to {args.output} in {record['seconds']['total']:.0f} s: "
+            f"held-out FF R^2 per layer {' '.join(f'{value:.3f}' for value in r2)}; sentence-embedding cosine to "
+            f"the dense model {embedding['cosine_mean']:.3f} (mean)"
+        )
+        return 0
+
+    fffify.set_defaults(handler=run)
+
+
 def _add_validation_text_flags(parser: argparse.ArgumentParser, model_help: str, max_sequences: int) -> None:
     """The flags of the commands that run a saved model on a corpus's validation split."""
     parser.add_argument("--model", required=True, type=model_folder, help=model_help)
@@ -392,6 +422,15 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "predictions.tsv in --output-dir. The model, every file and the output folder are checked before the "
         "first task trains.",
         _add_finetune,
+    ),
+    "fffify": (
+        "convert a trained BERT's feedforward layers into FFFs (distilled on real text); saves a model folder",
+        "Loads a transformers BERT folder (BertModel, BertForMaskedLM or BertForSequenceClassification), replaces "
+        "every layer's feedforward by an FFF of --trees trees of depth --depth, initialises it from the layer's "
+        "real inputs and outputs on the text (the embedded corpus, or --corpus files), distils it layer by layer "
+        "(and end to end with --e2e-steps), and saves an FFF-BERT folder that keeps every other weight and the "
+        "tokenizer. fffify.json in the folder records held-out R^2 per layer and sentence-embedding fidelity.",
+        _add_fffify,
     ),
     "evaluate": ("MLM validation loss/accuracy of a pretrained model", None, _add_evaluate),
     "study": (

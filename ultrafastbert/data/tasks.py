@@ -479,13 +479,17 @@ class TaskCollator:
     """Examples -> a padded batch (``input_ids``, ``attention_mask``, ``labels``) for sequence classification.
 
     Pairs use the tokenizer's pair template (``<cls> A <sep> B <sep>``); truncation keeps ``max_length`` tokens.
-    Labels are ``long`` class ids, or ``float`` scores for regression.
+    Labels are ``long`` class ids, or ``float`` scores for regression. ``token_types`` adds ``token_type_ids``
+    (segment ids) for models that have a segment embedding (BERT; crammedBERT has none).
     """
 
-    def __init__(self, tokenizer, max_length: int = 128, is_regression: bool = False) -> None:
+    def __init__(
+        self, tokenizer, max_length: int = 128, is_regression: bool = False, token_types: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.is_regression = is_regression
+        self.token_types = token_types
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         pairs = [example.text_b for example in examples]
@@ -498,7 +502,7 @@ class TaskCollator:
             truncation=True,
             max_length=self.max_length,
             padding=True,
-            return_token_type_ids=False,
+            return_token_type_ids=self.token_types,
             return_tensors="pt",
         )
         dtype = torch.float32 if self.is_regression else torch.long

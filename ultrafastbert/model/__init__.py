@@ -11,6 +11,13 @@ from transformers import (
 
 from .configuration import MODEL_TYPE, CrammedBertConfig
 from .convert import convert_checkpoint
+from .fffbert import (
+    FFFBertConfig,
+    FFFBertForMaskedLM,
+    FFFBertForSequenceClassification,
+    FFFBertForTokenClassification,
+    FFFBertModel,
+)
 from .loading import CheckpointError
 from .modeling import (
     CrammedBertForMaskedLM,
@@ -23,13 +30,19 @@ from .tokenizer import CrammedBertTokenizer, load_tokenizer
 
 
 def register_auto_classes() -> None:
-    """Make the ``Auto*`` classes resolve ``model_type = "crammedBERT"`` to these classes (idempotent)."""
+    """Make the ``Auto*`` classes resolve ``model_type = "crammedBERT"`` and ``"fffbert"`` to these classes
+    (idempotent)."""
     AutoConfig.register(MODEL_TYPE, CrammedBertConfig, exist_ok=True)
     AutoModel.register(CrammedBertConfig, CrammedBertModel, exist_ok=True)
     AutoModelForMaskedLM.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
     AutoModelForSequenceClassification.register(CrammedBertConfig, CrammedBertForSequenceClassification, exist_ok=True)
     AutoModelForTokenClassification.register(CrammedBertConfig, CrammedBertForTokenClassification, exist_ok=True)
     AutoTokenizer.register(CrammedBertConfig, tokenizer_class=CrammedBertTokenizer, exist_ok=True)
+    AutoConfig.register(FFFBertConfig.model_type, FFFBertConfig, exist_ok=True)
+    AutoModel.register(FFFBertConfig, FFFBertModel, exist_ok=True)
+    AutoModelForMaskedLM.register(FFFBertConfig, FFFBertForMaskedLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(FFFBertConfig, FFFBertForSequenceClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(FFFBertConfig, FFFBertForTokenClassification, exist_ok=True)
 
 
 register_auto_classes()
@@ -43,6 +56,11 @@ __all__ = [
     "CrammedBertModel",
     "CrammedBertPreTrainedModel",
     "CrammedBertTokenizer",
+    "FFFBertConfig",
+    "FFFBertForMaskedLM",
+    "FFFBertForSequenceClassification",
+    "FFFBertForTokenClassification",
+    "FFFBertModel",
     "convert_checkpoint",
     "load_tokenizer",
     "register_auto_classes",

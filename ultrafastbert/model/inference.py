@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from .modeling import CrammedBertForMaskedLM, CrammedBertForSequenceClassification
+from .modeling import CrammedBertForMaskedLM
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def fill_mask(
 
 @torch.inference_mode()
 def classify(
-    model: CrammedBertForSequenceClassification,
+    model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     batch_size: int = 32,
@@ -73,7 +74,10 @@ def classify(
         pairs = [text.split("\t", 1) for text in texts[start : start + batch_size]]
         rows = [tokenizer(*pair, truncation=True, max_length=max_length) for pair in pairs]
         encoded = tokenizer.pad(rows, return_tensors="pt")
-        logits = model(encoded["input_ids"], encoded["attention_mask"]).logits  # (B, C)
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if "token_type_ids" in encoded and getattr(model.config, "type_vocab_size", 0) > 1:  # BERT's segments
+            inputs["token_type_ids"] = encoded["token_type_ids"]
+        logits = model(**inputs).logits  # (B, C)
         if model.num_labels == 1:
             predictions += [ClassPrediction(None, float(value)) for value in logits[:, 0]]
             continue
@@ -86,13 +90,15 @@ def classify(
     return predictions
 
 
-HEAD_PREFIXES = ("pooler.", "head.")  # the weights a sequence classifier adds to the encoder
+# the weights a sequence classifier adds to the encoder (crammedBERT: pooler., head.; BERT/FFF-BERT: classifier.)
+HEAD_PREFIXES = ("pooler.", "head.", "classifier.")
 
 
-def load_classifier(folder: str) -> CrammedBertForSequenceClassification:
-    """The sequence classifier saved in ``folder``, in eval mode; a ``ValueError`` when the folder holds no
-    trained classification head (a pretraining folder, say), which would otherwise classify with random weights."""
-    model, info = CrammedBertForSequenceClassification.from_pretrained(folder, output_loading_info=True)
+def load_classifier(folder: str) -> nn.Module:
+    """The sequence classifier saved in ``folder`` (crammedBERT, FFF-BERT or BERT, by its ``config.json``), in eval
+    mode; a ``ValueError`` when the folder holds no trained classification head (a pretraining folder, say), which
+    would otherwise classify with random weights."""
+    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
     missing = [key for key in info["missing_keys"] if key.startswith(HEAD_PREFIXES)]
     if missing:
         saved = ", ".join(model.config.architectures or []) or "no recorded architecture"

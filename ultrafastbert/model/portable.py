@@ -26,14 +26,20 @@ from .configuration import CONFIGURATION_FILE, MODELING_FILE
 PACKAGE = __name__.partition(".")[0]
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
-# Package module -> the folder file (name without ``.py``) that carries its copy.
-FOLDER_FILES = {
-    f"{PACKAGE}.model.configuration": CONFIGURATION_FILE,
-    f"{PACKAGE}.model.modeling": MODELING_FILE,
-    f"{PACKAGE}.model.loading": "loading_crammedbert",
+# Package module -> the folder file (name without ``.py``) that carries its copy: the FFF layer's modules, which
+# every model family's folder carries, and the crammedBERT family's (the default). The FFF-BERT family
+# (``fffbert.py``) passes its own mapping to ``write_model_code``.
+LOADING_MODULE = f"{PACKAGE}.model.loading"
+FFF_FILES = {
     f"{PACKAGE}.fff.layer": "fff_layer",
     f"{PACKAGE}.fff.reference": "fff_reference",
     f"{PACKAGE}.fff.sparse": "fff_sparse",
+}
+FOLDER_FILES = {
+    f"{PACKAGE}.model.configuration": CONFIGURATION_FILE,
+    f"{PACKAGE}.model.modeling": MODELING_FILE,
+    LOADING_MODULE: "loading_crammedbert",
+    **FFF_FILES,
 }
 # The compiled kernel's modules, which a folder cannot carry: one stand-in file takes the place of both.
 KERNEL_MODULES = (f"{PACKAGE}.fff.kernels", f"{PACKAGE}.fff.ops")
@@ -42,7 +48,10 @@ KERNEL_STAND_IN = "fff_kernels"
 PREFER_INSTALLED = f"{PACKAGE}.fff"
 # Package-only code: imports of these modules are dropped from the copies, and these (class, method) with them.
 PACKAGE_ONLY_MODULES = (__name__,)
-PACKAGE_ONLY_MEMBERS = {f"{PACKAGE}.model.modeling": (("CrammedBertPreTrainedModel", "save_pretrained"),)}
+PACKAGE_ONLY_MEMBERS = {
+    f"{PACKAGE}.model.modeling": (("CrammedBertPreTrainedModel", "save_pretrained"),),
+    f"{PACKAGE}.model.fffbert": (("FFFBertPreTrainedModel", "save_pretrained"),),
+}
 
 _STAND_IN_TEMPLATE = '''"""Stand-in for the compiled FFF kernel of the ``{package}`` package (its {modules}
 modules), which a saved folder does not carry: ``available()`` is False, with a warning once, so the FFF layers of
@@ -83,26 +92,28 @@ class PortableCodeError(RuntimeError):
     """The package's model code imports something this module does not know how to carry into a folder."""
 
 
-def write_model_code(folder: str | os.PathLike) -> list[Path]:
-    """Write the folder copy of the model code (``model_code()``) into ``folder``; returns the files written."""
+def write_model_code(folder: str | os.PathLike, files: dict[str, str] | None = None) -> list[Path]:
+    """Write the folder copy of the model code (``model_code(files)``) into ``folder``; returns the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in model_code().items():
+    for name, text in model_code(files).items():
         path = folder / f"{name}.py"
         path.write_text(text)
         written.append(path)
     return written
 
 
-def model_code() -> dict[str, str]:
-    """Folder file name (without ``.py``) -> source: the copies of ``FOLDER_FILES`` and the kernel stand-in."""
-    copies = {FOLDER_FILES[module]: _folder_copy(module) for module in FOLDER_FILES}
+def model_code(files: dict[str, str] | None = None) -> dict[str, str]:
+    """Folder file name (without ``.py``) -> source: the copies of the modules of ``files`` (package module ->
+    folder file; default ``FOLDER_FILES``, the crammedBERT family) and the kernel stand-in."""
+    files = FOLDER_FILES if files is None else files
+    copies = {files[module]: _folder_copy(module, files) for module in files}
     stand_in_names = {name for text in copies.values() for name in _names_taken_from(text, KERNEL_STAND_IN)}
     return copies | {KERNEL_STAND_IN: _kernel_stand_in(stand_in_names)}
 
 
-def _folder_copy(module: str) -> str:
+def _folder_copy(module: str, files: dict[str, str]) -> str:
     """``module``'s source with each relative import rewritten to the folder's files, package-only code removed."""
     path = _source_path(module)
     source = path.read_text()
@@ -112,7 +123,7 @@ def _folder_copy(module: str) -> str:
     dropped: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level:
-            text, names_dropped = _rewrite_import(module, node)
+            text, names_dropped = _rewrite_import(module, node, files)
             edits.append((node.lineno - 1, node.end_lineno or node.lineno, text))
             dropped |= names_dropped
     top_level = set(map(id, tree.body))
@@ -134,7 +145,7 @@ def _folder_copy(module: str) -> str:
     return f"# Written by save_pretrained from {_shown(path)}: edit the package, not this copy.\n{copy}"
 
 
-def _rewrite_import(module: str, node: ast.ImportFrom) -> tuple[str, set[str]]:
+def _rewrite_import(module: str, node: ast.ImportFrom, files: dict[str, str]) -> tuple[str, set[str]]:
     """The folder's lines for one relative import of ``module``, and the names it no longer binds (dropped)."""
     target = _absolute(module, node.level, node.module)
     by_file: dict[str, list[str]] = {}
@@ -147,12 +158,12 @@ def _rewrite_import(module: str, node: ast.ImportFrom) -> tuple[str, set[str]]:
             continue
         if owner in KERNEL_MODULES:
             file, name = KERNEL_STAND_IN, (owner.rpartition(".")[2] if is_module else alias.name)
-        elif owner in FOLDER_FILES and not is_module:
-            file, name = FOLDER_FILES[owner], alias.name
+        elif owner in files and not is_module:
+            file, name = files[owner], alias.name
         else:
             raise PortableCodeError(
                 f"{module} imports {owner if is_module else f'{alias.name} from {owner}'}, which a saved folder does "
-                f"not carry: add the module to {__name__}.FOLDER_FILES"
+                f"not carry: add the module to the folder's files ({__name__}.FOLDER_FILES or its family's mapping)"
             )
         by_file.setdefault(file, []).append(name if name == bound else f"{name} as {bound}")
     folder_lines = [f"from .{file} import {', '.join(names)}\n" for file, names in by_file.items()]

@@ -13,7 +13,7 @@ from ..flags import check_fields, fraction, positive
 from .schedule import Budget
 
 if TYPE_CHECKING:
-    from ..model.configuration import CrammedBertConfig
+    from transformers import PretrainedConfig
 
 
 @dataclass
@@ -163,7 +163,7 @@ class FinetuneConfig:
             raise ValueError("early_stopping_patience needs select='best' (it watches the validation score)")
         check_fields(self)
 
-    def max_length_for(self, model_config: CrammedBertConfig) -> int:
+    def max_length_for(self, model_config: PretrainedConfig) -> int:
         """The tokens per example for a model of ``model_config``: ``max_length``, or the model's
         ``max_position_embeddings`` when unset; a ``ValueError`` when it is longer than the model accepts."""
         limit = model_config.max_position_embeddings

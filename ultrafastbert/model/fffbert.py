@@ -1,0 +1,190 @@
+"""FFF-BERT: a transformers BERT whose feedforward layers are fast feedforward trees (``ultrafastbert fffify``).
+
+The model classes are ``transformers``' own BERT classes (``BertModel``, ``BertForMaskedLM``,
+``BertForSequenceClassification``, ``BertForTokenClassification``) with one change, made in ``post_init``: each
+layer's feedforward (``intermediate.dense``, the activation, ``output.dense``) becomes an FFF of
+``fff_trees`` trees of depth ``fff_depth`` plus the dense layer's output bias. Attention, embeddings, layer norms
+and heads are BERT's, under BERT's parameter names, so a converted model keeps every non-feedforward weight of the
+BERT it came from, bit for bit, and the original tokenizer. Per layer ``N`` the new parameters are
+``encoder.layer.N.intermediate.fff.linear_in.{weight,bias}``, ``encoder.layer.N.intermediate.fff.linear_out.weight``
+and ``encoder.layer.N.output.bias``.
+
+No ``from __future__ import annotations`` here: ``@strict`` checks each config field against its annotation.
+"""
+
+import os
+from typing import Any
+
+import torch
+from huggingface_hub.dataclasses import strict
+from safetensors import SafetensorError
+from torch import Tensor, nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertLayer,
+    BertModel,
+    BertPreTrainedModel,
+)
+
+from ..fff import FFF, check_impl
+from ..fff.layer import MAX_DEPTH
+from .loading import CheckpointError, check_finite_weights
+from .portable import FFF_FILES, LOADING_MODULE, write_model_code
+
+FFFBERT_MODEL_TYPE = "fffbert"
+FFFBERT_FILE = "modeling_fffbert"  # the folder file holding this module's copy (config and models alike)
+FFFBERT_AUTO_MAP = {
+    "AutoConfig": f"{FFFBERT_FILE}.FFFBertConfig",
+    "AutoModel": f"{FFFBERT_FILE}.FFFBertModel",
+    "AutoModelForMaskedLM": f"{FFFBERT_FILE}.FFFBertForMaskedLM",
+    "AutoModelForSequenceClassification": f"{FFFBERT_FILE}.FFFBertForSequenceClassification",
+    "AutoModelForTokenClassification": f"{FFFBERT_FILE}.FFFBertForTokenClassification",
+}
+# Parameters of the task heads: a checkpoint of one head loads into another (e.g. a bare encoder -> a classifier).
+HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.")
+
+
+@strict
+class FFFBertConfig(BertConfig):
+    """``BertConfig`` plus the FFF shape: ``fff_trees`` trees of depth ``fff_depth`` replace each layer's
+    ``intermediate_size``-wide feedforward (``intermediate_size`` and ``hidden_act`` are kept as a record of the
+    BERT the model was converted from; the FFF neurons use GELU). ``fff_impl`` picks the FFF execution path."""
+
+    model_type = FFFBERT_MODEL_TYPE
+
+    fff_trees: int = 1
+    fff_depth: int = 8
+    fff_impl: str = "auto"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.auto_map = dict(FFFBERT_AUTO_MAP)
+        super().__post_init__(**kwargs)
+        if self.fff_trees < 1 or not 0 <= self.fff_depth <= MAX_DEPTH:
+            raise ValueError(
+                f"need fff_trees >= 1 and 0 <= fff_depth <= {MAX_DEPTH}, got {self.fff_trees}, {self.fff_depth}"
+            )
+        check_impl(self.fff_impl, name="fff_impl")
+
+    @property
+    def name(self) -> str:
+        """E.g. ``FFF-BERT-4x5`` (trees x depth)."""
+        return f"FFF-BERT-{self.fff_trees}x{self.fff_depth}"
+
+
+class FFFBertFeedForward(nn.Module):
+    """Takes the place of ``BertIntermediate``: the FFF, whose output is already ``hidden_size`` wide."""
+
+    def __init__(self, config: FFFBertConfig) -> None:
+        super().__init__()
+        self.fff = FFF(config.hidden_size, config.fff_depth, config.fff_trees, impl=config.fff_impl)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.fff(hidden_states)
+
+
+class FFFBertOutput(nn.Module):
+    """Takes the place of ``BertOutput``: the dense layer's output ``bias``, then BERT's dropout and residual
+    LayerNorm (under BERT's names)."""
+
+    def __init__(self, config: FFFBertConfig) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(config.hidden_size))
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(hidden_states + self.bias) + input_tensor)
+
+
+def use_fff_layers(model: nn.Module, config: FFFBertConfig) -> None:
+    """Give every ``BertLayer`` of ``model`` an FFF feedforward (idempotent)."""
+    for module in model.modules():
+        if isinstance(module, BertLayer) and not isinstance(module.intermediate, FFFBertFeedForward):
+            module.intermediate = FFFBertFeedForward(config)
+            module.output = FFFBertOutput(config)
+
+
+class FFFBertPreTrainedModel(BertPreTrainedModel):
+    """What the FFF-BERT classes add to their BERT classes: the FFF layers (built in ``post_init``, which every
+    BERT class calls at the end of its ``__init__``), strict loading and portable saving."""
+
+    config_class = FFFBertConfig
+    config: FFFBertConfig
+
+    def post_init(self) -> None:
+        use_fff_layers(self, self.config)
+        super().post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, FFF):
+            module.reset_parameters()
+        elif isinstance(module, FFFBertOutput):
+            module.bias.zero_()
+
+    def set_fff_impl(self, impl: str) -> None:
+        """Select the execution path of every FFF layer and record it in the config (a saved model keeps it)."""
+        self.config.fff_impl = check_impl(impl)
+        for module in self.modules():
+            if isinstance(module, FFF):
+                module.impl = impl
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing encoder or FFF
+        weights, unexpected weights outside the task heads, mis-shaped weights (unless ``ignore_mismatched_sizes``)
+        and weights holding NaN or infinity raise ``CheckpointError`` naming them."""
+        want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        source = pretrained_model_name_or_path
+        try:
+            model, info = super().from_pretrained(
+                source, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise CheckpointError(f"checkpoint {source} has a corrupt weights file: {error}") from error
+        missing = sorted(key for key in info["missing_keys"] if not key.startswith(HEAD_PREFIXES))
+        unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(HEAD_PREFIXES))
+        mismatched = [] if ignore_mismatched_sizes else sorted(key for key, *_ in info["mismatched_keys"])
+        if missing or unexpected or mismatched:
+            config = model.config
+            lines = [f"checkpoint {source} does not fit {type(model).__name__} ({config.name}):"]
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+                if keys:
+                    lines.append(f"  {label} ({len(keys)}): {', '.join(keys)}")
+            raise CheckpointError("\n".join(lines))
+        check_finite_weights(model, source)
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so the
+        folder loads with ``trust_remote_code=True`` where this package is not installed."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
+                "use model.push_to_hub(repo_id), which saves and uploads both"
+            )
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
+            files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES}
+            write_model_code(save_directory, files)
+
+
+class FFFBertModel(FFFBertPreTrainedModel, BertModel):
+    """The bare encoder (``AutoModel``)."""
+
+
+class FFFBertForMaskedLM(FFFBertPreTrainedModel, BertForMaskedLM):
+    """BERT's masked-LM head on the FFF encoder (``AutoModelForMaskedLM``)."""
+
+
+class FFFBertForSequenceClassification(FFFBertPreTrainedModel, BertForSequenceClassification):
+    """BERT's pooled classifier on the FFF encoder (``AutoModelForSequenceClassification``)."""
+
+
+class FFFBertForTokenClassification(FFFBertPreTrainedModel, BertForTokenClassification):
+    """BERT's token classifier on the FFF encoder (``AutoModelForTokenClassification``)."""
