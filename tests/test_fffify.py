@@ -321,3 +321,28 @@ def test_a_crammedbert_folder_is_not_a_bert_to_convert(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="'crammedBERT' model, not a BERT-family model"):
         fffify_job(tmp_path / "crammed", tmp_path / "out", quick(corpus=(str(tmp_path / "missing.txt"),)))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupt_weights_file_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert")
+    weights = tmp_path / "bert" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    texts = write_texts(tmp_path / "texts.txt", 100)
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "fffify",
+                "--model",
+                str(tmp_path / "bert"),
+                "--depth",
+                "2",
+                "--output",
+                str(tmp_path / "out"),
+                "--corpus",
+                str(texts),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+    assert "corrupt weights file" in str(stop.value) and "\n" not in str(stop.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bert", "cache", "texts.txt"]

@@ -86,8 +86,13 @@ def load_source(model_dir: str | Path, source: dict[str, Any]) -> nn.Module:
     when its weights do not cover the encoder."""
     import transformers
 
+    from safetensors import SafetensorError
+
     cls = getattr(transformers, (source.get("architectures") or ["BertModel"])[0])
-    model, info = cls.from_pretrained(str(model_dir), output_loading_info=True)
+    try:
+        model, info = cls.from_pretrained(str(model_dir), output_loading_info=True)
+    except SafetensorError as error:  # a truncated or garbled file: name the folder, not the parser
+        raise ConversionError(f"{model_dir} has a corrupt weights file: {error}") from None
     missing = [key for key in info["missing_keys"] if "encoder." in key or "embeddings." in key]
     if missing or info.get("mismatched_keys"):
         raise ConversionError(
