@@ -126,6 +126,18 @@ def finetune(output: Path, source: Path) -> None:
                 temporary.replace(path)
 
 
+def ff_input(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """What layer 0's feedforward receives for ``inputs`` in ``model``: ``(tokens, hidden)``."""
+    seen = []
+    hook = model.encoder.layer[0].intermediate.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return seen[0].flatten(0, 1).contiguous()
+
+
 def timing(output: Path, source: Path, threads: int) -> None:
     """Whole model and one FF layer, batch 1 and 8 x 128 tokens of real held-out text, interleaved rounds."""
     path = output / "timing.json"
@@ -143,7 +155,7 @@ def timing(output: Path, source: Path, threads: int) -> None:
             texts[:batch], truncation=True, max_length=SEQ_LEN, padding="max_length", return_tensors="pt"
         )
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        hidden = models[DENSE].embeddings(input_ids=inputs["input_ids"]).reshape(-1, 384)
+        hidden = ff_input(models[DENSE], inputs)  # layer 0's feedforward input, (batch * 128, hidden)
         whole, layer = [], []
         for name, model in models.items():
             whole.append(TimedCall(name, lambda model=model, inputs=inputs: model(**inputs)))

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ultrafastbert import FFF
-from ultrafastbert.fff import kernels, nodes_per_tree
+from ultrafastbert.fff import fff_reference, kernels, nodes_per_tree
 
 GRAD_PATHS = ["sparse"]
 NO_GRAD_PATHS = ["sparse", "walk"]
@@ -218,3 +218,19 @@ def test_bad_configuration_gives_a_clear_error():
     layer.impl = "walk"
     with pytest.raises(RuntimeError, match="inference-only"):
         layer(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("impl", ["auto", "walk", "kernel"])
+def test_a_layer_built_under_inference_mode_runs_there(impl):
+    """Parameters created under ``torch.inference_mode`` are inference tensors without a version counter, which
+    the cached transpose of ``linear_out.weight`` cannot key on: the layer computes it per call instead."""
+    if impl == "kernel" and not kernels.available():
+        pytest.skip("the compiled kernel is not available here")
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        layer = FFF(19, 3, trees=2, impl=impl)
+        torch.nn.init.normal_(layer.linear_in.bias, std=0.1)
+        x = torch.randn(7, 19)
+        out = layer(x)
+        expected = fff_reference(x, layer.linear_in.weight, layer.linear_in.bias, layer.linear_out.weight, 3, 2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

@@ -220,7 +220,10 @@ class FFF(nn.Module):
         if is_compiling():  # bound at import: 90 ns a call on the inference hot path, 120 ns via torch.compiler
             return weight.t().contiguous()
         cache = self._weight_out_t_cache
-        key = (weight.data_ptr(), weight._version, weight.dtype)
+        try:
+            key = (weight.data_ptr(), weight._version, weight.dtype)
+        except RuntimeError:  # an inference tensor (a layer built under torch.inference_mode) has no version counter
+            return weight.t().contiguous()
         if cache is None or cache[0] != key:
             with torch.no_grad():
                 cache = (key, weight.t().contiguous())
