@@ -346,3 +346,20 @@ def test_a_corrupt_weights_file_is_one_line_and_leaves_nothing(tmp_path: Path) -
         )
     assert "corrupt weights file" in str(stop.value) and "\n" not in str(stop.value)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bert", "cache", "texts.txt"]
+
+
+def test_a_converted_folder_missing_a_tree_weight_is_refused_naming_it(converted, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from ultrafastbert.model import CheckpointError
+
+    folder = tmp_path / "broken"
+    shutil.copytree(converted["root"] / "out", folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["encoder.layer.1.intermediate.fff.linear_out.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing \(1\): encoder\.layer\.1\.intermediate\.fff\.linear_out"):
+        AutoModel.from_pretrained(folder)
+    AutoModelForSequenceClassification.from_pretrained(converted["root"] / "out", num_labels=2)  # a new head is fine

@@ -72,9 +72,7 @@ def model_class_for(folder: str | Path) -> type[PreTrainedModel]:
     return CrammedBertModel
 
 
-def convert_checkpoint(
-    source: str | Path, destination: str | Path, to: Literal["clean", "original"] = "clean"
-) -> Path:
+def convert_checkpoint(source: str | Path, destination: str | Path, to: Literal["clean", "original"] = "clean") -> Path:
     """Rewrite the checkpoint folder ``source`` (either format) into ``destination`` in the format ``to``.
 
     The weights pass through the model (so they are checked like any load); tokenizer files are copied as they are.

@@ -31,8 +31,8 @@ from transformers.models.bert.modeling_bert import (
 
 from ..fff import FFF, check_impl
 from ..fff.layer import MAX_DEPTH
-from .loading import CheckpointError, check_finite_weights
-from .portable import FFF_FILES, LOADING_MODULE, write_model_code
+from .loading import CheckpointError, check_finite_weights, check_loading_info
+from .portable import FFF_FILES, LOADING_MODULE, save_pretrained_with_code
 
 FFFBERT_MODEL_TYPE = "fffbert"
 FFFBERT_FILE = "modeling_fffbert"  # the folder file holding this module's copy (config and models alike)
@@ -147,31 +147,17 @@ class FFFBertPreTrainedModel(BertPreTrainedModel):
             )
         except SafetensorError as error:
             raise CheckpointError(f"checkpoint {source} has a corrupt weights file: {error}") from error
-        missing = sorted(key for key in info["missing_keys"] if not key.startswith(HEAD_PREFIXES))
-        unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(HEAD_PREFIXES))
-        mismatched = [] if ignore_mismatched_sizes else sorted(key for key, *_ in info["mismatched_keys"])
-        if missing or unexpected or mismatched:
-            config = model.config
-            lines = [f"checkpoint {source} does not fit {type(model).__name__} ({config.name}):"]
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-                if keys:
-                    lines.append(f"  {label} ({len(keys)}): {', '.join(keys)}")
-            raise CheckpointError("\n".join(lines))
+        check_loading_info(
+            model, info, source, ignore_mismatched_sizes, is_head=lambda key: key.startswith(HEAD_PREFIXES)
+        )
         check_finite_weights(model, source)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so the
         folder loads with ``trust_remote_code=True`` where this package is not installed."""
-        if kwargs.get("push_to_hub"):
-            raise ValueError(
-                "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
-                "use model.push_to_hub(repo_id), which saves and uploads both"
-            )
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
-            files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES}
-            write_model_code(save_directory, files)
+        files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES}
+        save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs, files)
 
 
 class FFFBertModel(FFFBertPreTrainedModel, BertModel):

@@ -39,9 +39,7 @@ def fill_mask(
     mask_token = tokenizer.mask_token
     if mask_token is None or mask_token not in text:
         raise ValueError(f"text must contain the mask token {mask_token!r}: {text!r}")
-    encoded = tokenizer(
-        text, return_tensors="pt", truncation=True, max_length=model.config.max_position_embeddings
-    )
+    encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=model.config.max_position_embeddings)
     input_ids = encoded["input_ids"]  # (1, S)
     logits = model(input_ids, encoded["attention_mask"]).logits[0]  # (S, V)
     positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().flatten()

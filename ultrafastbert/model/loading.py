@@ -1,4 +1,5 @@
-"""Checks that keep loading strict, run by ``CrammedBertPreTrainedModel.from_pretrained``.
+"""Checks that keep loading strict, run by ``CrammedBertPreTrainedModel.from_pretrained`` (and, for FFF-BERT,
+``FFFBertPreTrainedModel.from_pretrained``).
 
 ``transformers`` logs missing and unexpected keys and carries on; these checks raise ``CheckpointError`` naming
 them instead (a deliberate departure: a checkpoint that silently loads half its weights is worse than an error).
@@ -11,6 +12,7 @@ so one set of checks serves both.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +35,22 @@ class CheckpointError(ValueError):
 
 
 def check_loading_info(
-    model: PreTrainedModel, info: dict[str, Any], source: Any, ignore_mismatched_sizes: bool
+    model: PreTrainedModel,
+    info: dict[str, Any],
+    source: Any,
+    ignore_mismatched_sizes: bool,
+    is_head: Callable[[str], bool] = HEAD_KEYS.__contains__,
 ) -> None:
     """Raise ``CheckpointError`` for what ``from_pretrained`` only warns about.
 
     Allowed: missing head parameters (a fresh head, e.g. a classifier started from a masked-LM checkpoint) and
-    unexpected parameters of another crammedBERT head (the masked-LM decoder when loading a classifier). Refused:
+    unexpected parameters of another head of the family (the masked-LM decoder when loading a classifier);
+    ``is_head`` tells head parameters by name (default: crammedBERT's ``HEAD_KEYS``). Refused:
     missing encoder parameters, any other unexpected parameter, and mis-shaped parameters (unless
     ``ignore_mismatched_sizes``, which re-initialises them).
     """
-    missing = sorted(key for key in info["missing_keys"] if key not in HEAD_KEYS)
-    unexpected = sorted(key for key in info["unexpected_keys"] if key not in HEAD_KEYS)
+    missing = sorted(key for key in info["missing_keys"] if not is_head(key))
+    unexpected = sorted(key for key in info["unexpected_keys"] if not is_head(key))
     mismatched = [] if ignore_mismatched_sizes else sorted(info["mismatched_keys"])
     if not (missing or unexpected or mismatched):
         return

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import (
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
 from .loading import CheckpointError, check_finite_weights, check_loading_info, check_tied_decoder_copy
-from .portable import write_model_code
+from .portable import save_pretrained_with_code
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
@@ -256,17 +256,10 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained``, plus the model code beside ``config.json`` (``portable.py``), so that
-        the folder loads with ``trust_remote_code=True`` where this package is not installed. ``push_to_hub=True``
-        is refused, as its upload would leave the code out: ``push_to_hub(repo_id)`` uploads a complete folder."""
-        if kwargs.get("push_to_hub"):
-            raise ValueError(
-                "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
-                "use model.push_to_hub(repo_id), which saves and uploads both"
-            )
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.should_save_on_this_rank(kwargs.get("is_main_process", True)):
-            write_model_code(save_directory)
+        """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so that
+        the folder loads with ``trust_remote_code=True`` where this package is not installed; ``push_to_hub=True``
+        is refused (``push_to_hub(repo_id)`` uploads a complete folder)."""
+        save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs)
 
 
 class CrammedBertModel(CrammedBertPreTrainedModel):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ast
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .configuration import CONFIGURATION_FILE, MODELING_FILE
 
@@ -90,6 +92,28 @@ def available() -> bool:
 
 class PortableCodeError(RuntimeError):
     """The package's model code imports something this module does not know how to carry into a folder."""
+
+
+def save_pretrained_with_code(
+    model: Any,
+    save: Callable[..., None],
+    save_directory: str | os.PathLike,
+    args: tuple,
+    kwargs: dict,
+    files: dict[str, str] | None = None,
+) -> None:
+    """What the model families' ``save_pretrained`` do: ``save`` (``PreTrainedModel.save_pretrained``), then the
+    model code beside ``config.json`` (``write_model_code(files)``), so that the folder loads with
+    ``trust_remote_code=True`` where this package is not installed. ``push_to_hub=True`` is refused, as its upload
+    would leave the code out: ``model.push_to_hub(repo_id)`` uploads a complete folder."""
+    if kwargs.get("push_to_hub"):
+        raise ValueError(
+            "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
+            "use model.push_to_hub(repo_id), which saves and uploads both"
+        )
+    save(save_directory, *args, **kwargs)
+    if model.should_save_on_this_rank(kwargs.get("is_main_process", True)):
+        write_model_code(save_directory, files)
 
 
 def write_model_code(folder: str | os.PathLike, files: dict[str, str] | None = None) -> list[Path]:
