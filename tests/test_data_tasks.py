@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from ultrafastbert.data.metrics import compute_metrics
 from ultrafastbert.data.tasks import (
     GLUE_TASKS,
     Example,
     TaskCollator,
-    compute_metrics,
     load_glue_task,
     read_glue_tsv,
     task_name,

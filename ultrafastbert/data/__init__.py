@@ -16,6 +16,7 @@ from .task_names import LOCAL_TASKS
 
 if TYPE_CHECKING:
     from .corpus import Corpus, build_default_corpus, corpus_from_paths, load_corpus, normalize_text, read_hf_dataset
+    from .metrics import compute_metrics
     from .mlm import MaskingConfig, MLMCollator, PackedDataset, mask_tokens, packed_dataset
     from .sources import DEFAULT_PACKAGES, PackageFetchError, cache_root, fetch_debian_packages
     from .tasks import (
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
         TaskCollator,
         TaskData,
         build_local_tasks,
-        compute_metrics,
         evaluation_texts,
         load_glue_task,
         load_local_task,
@@ -45,6 +45,7 @@ __getattr__, __dir__ = lazy_exports(
             "normalize_text",
             "read_hf_dataset",
         ),
+        ".metrics": ("compute_metrics",),
         ".mlm": ("MaskingConfig", "MLMCollator", "PackedDataset", "mask_tokens", "packed_dataset"),
         ".sources": ("DEFAULT_PACKAGES", "PackageFetchError", "cache_root", "fetch_debian_packages"),
         ".tasks": (
@@ -54,7 +55,6 @@ __getattr__, __dir__ = lazy_exports(
             "TaskCollator",
             "TaskData",
             "build_local_tasks",
-            "compute_metrics",
             "evaluation_texts",
             "load_glue_task",
             "load_local_task",

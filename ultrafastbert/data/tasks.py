@@ -1,8 +1,9 @@
 """Finetuning tasks: GLUE from its distributed TSV files and the local real tasks of ``docs/data.md``.
 
-Every task becomes one :class:`TaskData` (examples, label names, metric names), so finetuning and evaluation code
-never sees a file format. GLUE's test labels are not public, so GLUE tasks are evaluated on their dev files; the
-local tasks have seeded train / validation / test splits that are written to the cache once and reused.
+Every task becomes one :class:`TaskData` (examples, label names, the names of its metrics in ``metrics.py``), so
+finetuning and evaluation code never sees a file format. GLUE's test labels are not public, so GLUE tasks are
+evaluated on their dev files; the local tasks have seeded train / validation / test splits that are written to the
+cache once and reused.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
-from sklearn import metrics as sk_metrics
 
 from .corpus import LEXNAMES, Synset, hash_unit, normalize_text, read_fortunes, read_wordnet
 from .task_names import GLUE_NAMES, LOCAL_TASKS, TASK_NAMES, glue_key, task_name  # noqa: F401  (re-exported)
@@ -84,49 +83,6 @@ class TaskData:
             shares = ", ".join(f"{label} {100 * count / total:.1f}%" for label, count in balance.items())
             lines.append(f"  {split}: {len(examples):,} examples ({shares})")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def _numpy(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-        return (values.float() if values.is_floating_point() else values).numpy()  # bfloat16 has no numpy dtype
-    return np.asarray(values)
-
-
-def _classes(predictions: np.ndarray) -> np.ndarray:
-    return predictions.argmax(-1) if predictions.ndim == 2 else predictions.astype(np.int64)
-
-
-METRICS = {
-    "accuracy": lambda p, y: sk_metrics.accuracy_score(y, _classes(p)),
-    "f1": lambda p, y: sk_metrics.f1_score(y, _classes(p)),  # binary, positive class 1 (GLUE's convention)
-    "macro_f1": lambda p, y: sk_metrics.f1_score(y, _classes(p), average="macro"),
-    "mcc": lambda p, y: sk_metrics.matthews_corrcoef(y, _classes(p)),
-    "pearson": lambda p, y: stats.pearsonr(p.reshape(-1), y)[0],
-    "spearman": lambda p, y: stats.spearmanr(p.reshape(-1), y)[0],
-    "mse": lambda p, y: sk_metrics.mean_squared_error(y, p.reshape(-1)),  # lower is better: never a main metric
-}
-
-
-def compute_metrics(
-    metric_names: Sequence[str], predictions: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
-) -> dict[str, float]:
-    """Score predictions; ``predictions`` are class ids, logits ``(N, C)`` (argmax taken) or regression scores.
-
-    Values are fractions (accuracy 0.91, not 91). Example: ``compute_metrics(task.metric_names, logits, labels)``.
-    """
-    predictions, labels = _numpy(predictions), _numpy(labels)
-    if predictions.ndim == 2 and predictions.shape[1] == 1:
-        predictions = predictions[:, 0]
-    if len(predictions) != len(labels):
-        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
-    unknown = [name for name in metric_names if name not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; known: {sorted(METRICS)}")
-    return {name: float(METRICS[name](predictions, labels)) for name in metric_names}
 
 
 # ---------------------------------------------------------------- GLUE

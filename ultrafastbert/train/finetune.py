@@ -15,6 +15,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from ..data.tasks import Example, TaskCollator, TaskData, compute_metrics
+from ..data.metrics import compute_metrics
+from ..data.tasks import Example, TaskCollator, TaskData
 from ..model import AutoConfig, AutoModelForSequenceClassification
+from ..progress import progress, status
 from .config import FinetuneConfig
 from .optim import build_adamw
 
@@ -41,6 +43,7 @@ __all__ = [
     "finetune_seed",
     "finetune_task",
     "majority_baseline",
+    "ordered_splits",
     "predict",
     "results_table",
     "train_classifier",
@@ -188,24 +191,33 @@ def train_classifier(
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (score, step, weights)
     stale_epochs = 0
 
-    def checkpoint() -> bool:
+    epochs = math.ceil(config.epochs)
+
+    def checkpoint(epoch: int) -> bool:
         """Score the validation split, keep the weights if best; ``True`` when early stopping says stop."""
         nonlocal best, stale_epochs
         logits = predict(model, validation, collator, config.eval_batch_size)
         labels = torch.tensor([example.label for example in validation])
         score = compute_metrics(task.metric_names[:1], logits, labels)[task.metric_names[0]]
         model.train()
-        if best is None or score > best[0]:  # NaN (a constant prediction's correlation) never counts as better
+        improved = best is None or score > best[0]  # NaN (a constant prediction's correlation) never counts as better
+        if show_progress:
+            status(
+                f"{task.name} seed {seed} epoch {epoch}/{epochs}: train loss {loss_value:.4f}, validation "
+                f"{task.metric_names[0]} {100 * score:.1f}{' (best so far)' if improved else ''}"
+            )
+        if improved:
             best = (score, step, {name: value.detach().clone() for name, value in model.state_dict().items()})
             stale_epochs = 0
             return False
         stale_epochs += 1
         return config.early_stopping_patience is not None and stale_epochs >= config.early_stopping_patience
 
-    bar = tqdm(total=total_steps, desc=f"{task.name} seed {seed}", disable=not show_progress, leave=False)
+    bar = progress(total_steps, f"{task.name} seed {seed}", enabled=show_progress)
     model.train()
-    stopped = False
+    stopped, epoch = False, 0
     while step < total_steps and not stopped:
+        epoch += 1
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
@@ -219,11 +231,12 @@ def train_classifier(
             if step >= total_steps:
                 break
         if config.select == "best" and step < total_steps:
-            stopped = checkpoint()
+            stopped = checkpoint(epoch)
     bar.close()
     kept_step = step
     if config.select == "best":
-        checkpoint()
+        if not stopped:  # an early stop scored these weights already
+            checkpoint(epoch)
         assert best is not None
         if best[1] != step:
             model.load_state_dict(best[2])
@@ -255,6 +268,8 @@ def finetune_task(
     for seed in config.seeds:
         model, result = train_classifier(model_dir, task, tokenizer, config, seed, show_progress)
         seeds.append(result)
+        if show_progress:
+            status(f"{task.name} seed {seed}: {_split_scores(result.metrics, task.metric_names[0])}")
         score = result.metrics["validation"][task.metric_names[0]]
         if keep_model and (kept is None or score > kept_score):
             kept, kept_seed, kept_score = model, seed, score
@@ -267,18 +282,56 @@ def finetune_task(
     return (result, kept) if keep_model else result
 
 
-def results_table(results: list[TaskResult], split: str = "validation") -> str:
-    """Markdown: one row per task, its main metric's median over seeds (x100), plus the average."""
-    lines = ["| task | metric | median | seeds | train / eval examples |", "|---|---|---|---|---|"]
+# how results name each split: the held-out test first, and what validation was used for
+SPLIT_NAMES = {"test": "test (held out)", "validation": "validation (chose the model)"}
+
+
+def ordered_splits(splits: Iterable[str]) -> list[str]:
+    """``splits`` without repeats, the held-out test first, then validation, then any others (MNLI mismatched)."""
+    unique = list(dict.fromkeys(splits))
+    return sorted(unique, key=lambda split: (split != "test", split != "validation", unique.index(split)))
+
+
+def _split_scores(metrics: dict[str, dict[str, float]], metric: str) -> str:
+    """``test accuracy 88.3, validation accuracy 95.0``: one metric on every split, the test first."""
+    return ", ".join(f"{split} {metric} {100 * metrics[split][metric]:.1f}" for split in ordered_splits(metrics))
+
+
+def results_table(results: list[TaskResult]) -> str:
+    """Markdown: one row per task with its main metric's median over seeds (x100) on every labelled split, the
+    held-out test first (validation chose each seed's epoch and the saved seed, so its score is the optimistic
+    one), the average of each split over the tasks that have it, and per task the saved seed's scores."""
+    splits = ordered_splits(split for result in results for split in result.median)
+    header = " | ".join(SPLIT_NAMES.get(split, split) for split in splits)
+    sizes = " / ".join(["train", *splits])
+    lines = [
+        f"| task | metric | {header} | seeds | examples: {sizes} |",
+        "|---|---|" + "---|" * len(splits) + "---|---|",
+    ]
     for result in results:
-        value = result.median[split][result.main_metric]
-        lines.append(
-            f"| {result.task} | {result.main_metric} | {100 * value:.1f} | {len(result.seeds)} | "
-            f"{result.seeds[0].train_examples} / {result.eval_examples.get(split, 0)} |"
+        values = " | ".join(
+            f"{100 * result.median[split][result.main_metric]:.1f}" if split in result.median else ""
+            for split in splits
         )
-    if results:
-        average = statistics.mean(r.median[split][r.main_metric] for r in results)
-        lines.append(f"| average | | {100 * average:.1f} | | |")
+        counts = " / ".join(
+            [str(result.seeds[0].train_examples), *(str(result.eval_examples.get(split, "")) for split in splits)]
+        )
+        lines.append(f"| {result.task} | {result.main_metric} | {values} | {len(result.seeds)} | {counts} |")
+    if len(results) > 1:
+        averages = " | ".join(
+            f"{100 * statistics.mean(r.median[split][r.main_metric] for r in results if split in r.median):.1f}"
+            for split in splits
+        )
+        lines.append(f"| average | | {averages} | | |")
+    lines.append("")
+    lines.append("Medians over seeds.")
+    for result in results:
+        kept = next((seed for seed in result.seeds if seed.seed == result.kept_seed), None)
+        if kept is not None:
+            lines.append(
+                f"The saved {result.task} model is seed {kept.seed}'s (best validation {result.main_metric}): "
+                f"{_split_scores(kept.metrics, result.main_metric)}."
+            )
     return "\n".join(lines)
 
 
