@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from ultrafastbert.data import prepare_default_data, sources
-from ultrafastbert.data.corpus import (
-    LeakageFilter,
+from ultrafastbert.data.corpus import LeakageFilter, normalize_text
+from ultrafastbert.data.debian import (
     build_default_corpus,
     foldoc_documents,
     fortune_documents,
     gcide_documents,
-    normalize_text,
     read_dictd,
     read_fortunes,
     read_wordnet,

@@ -15,7 +15,8 @@ from ..lazy import lazy_exports
 from .task_names import LOCAL_TASKS
 
 if TYPE_CHECKING:
-    from .corpus import Corpus, build_default_corpus, corpus_from_paths, load_corpus, normalize_text, read_hf_dataset
+    from .corpus import Corpus, corpus_from_paths, load_corpus, normalize_text, read_hf_dataset
+    from .debian import build_default_corpus
     from .metrics import compute_metrics
     from .mlm import MaskingConfig, MLMCollator, PackedDataset, mask_tokens, packed_dataset
     from .sources import DEFAULT_PACKAGES, PackageFetchError, cache_root, fetch_debian_packages
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        ".debian": ("build_default_corpus",),
         ".corpus": (
             "Corpus",
-            "build_default_corpus",
             "corpus_from_paths",
             "load_corpus",
             "normalize_text",
@@ -83,7 +84,7 @@ def prepare_default_data(
     Raises :class:`PackageFetchError` (with the hint to use your own text files) where Debian's tools or mirror
     are unavailable. ``update_index`` lets the fetch run ``apt-get update`` once if a package is unknown.
     """
-    from .corpus import build_default_corpus
+    from .debian import build_default_corpus
     from .sources import DEFAULT_PACKAGES, cache_root, fetch_debian_packages
     from .tasks import build_local_tasks, evaluation_texts
 

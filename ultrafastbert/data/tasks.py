@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .corpus import LEXNAMES, Synset, hash_unit, normalize_text, read_fortunes, read_wordnet
+from .corpus import hash_unit, normalize_text
+from .debian import LEXNAMES, Synset, read_fortunes, read_wordnet
 from .task_names import GLUE_NAMES, LOCAL_TASKS, TASK_NAMES, glue_key, task_name  # noqa: F401  (re-exported)
 
 TASK_SPLITS = ("train", "validation", "test")
