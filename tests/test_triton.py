@@ -21,10 +21,7 @@ from ultrafastbert.fff import IMPLEMENTATIONS, ops
 SCRIPT = Path(__file__).parent / "scripts" / "triton_check.py"
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not TRITON_INSTALLED, reason="Triton is not installed (requirements.txt pins it)")
-needs_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and "cuda" in ops.TRITON_DEVICES),
-    reason="needs a CUDA GPU and the Triton kernels registered for it",
-)
+needs_cuda = pytest.mark.gpu  # skipped without a CUDA GPU (tests/conftest.py)
 
 # Every case the script runs on both devices; a case that stops being run fails here rather than passing silently.
 CASES = (
