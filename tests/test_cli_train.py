@@ -14,7 +14,7 @@ import torch
 
 from ultrafastbert.cli import main
 from ultrafastbert.train import jobs
-from ultrafastbert.train.checkpointing import run_folder_lock
+from ultrafastbert.train.run_folder import run_folder_lock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORT_MODEL = FIXTURES / "mlm_fff_1x3"  # max_position_embeddings 16

@@ -12,17 +12,17 @@ import sys
 import pytest
 import torch
 
-from ultrafastbert.train import checkpointing
-from ultrafastbert.train.checkpointing import (
-    CheckpointError,
+from ultrafastbert.train import checkpointing, run_folder
+from ultrafastbert.train.checkpointing import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ultrafastbert.train.jobs import PretrainJob, claim_run_folder, save_model_folder
+from ultrafastbert.train.run_folder import (
+    MARKER,
     RunFolderError,
-    latest_checkpoint,
-    load_checkpoint,
+    publish_folder,
     remove_stale_temporaries,
     run_folder_lock,
-    save_checkpoint,
+    staging_folder,
 )
-from ultrafastbert.train.jobs import PretrainJob, claim_run_folder
 
 CONFIG = {"model": "linear"}
 
@@ -78,7 +78,7 @@ def test_latest_loads_whatever_instant_a_save_is_killed(tmp_path, monkeypatch, m
         save(directory, 2, model_and_optimizer)
         calls = 0
         with monkeypatch.context() as patch:
-            for name in ("save_file", "_fsync_dir", "_write_json_atomic"):
+            for name in ("save_file", "fsync_dir", "write_json_atomic"):
                 patch.setattr(checkpointing, name, killable(getattr(checkpointing, name)))
             for name in ("rename", "replace"):
                 patch.setattr(checkpointing.os, name, killable(getattr(os, name)))
@@ -149,19 +149,71 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_only_the_temporaries_of_dead_processes_are_removed(tmp_path):
+def temporary_of(folder, name, pid):
+    """A temporary folder as this package makes one, for process ``pid``."""
+    path = folder / f".{name}.tmp-{pid}"
+    path.mkdir()
+    (path / MARKER).write_text(f"{pid}\n")
+    return path
+
+
+def test_only_the_marked_temporaries_of_dead_processes_are_removed(tmp_path):
     dead, alive = dead_pid(), os.getppid()
-    stale_folder = tmp_path / f".step-00000007.tmp-{dead}"
-    stale_folder.mkdir()
+    stale_folder = temporary_of(tmp_path, "step-00000007", dead)
     (stale_folder / "model.safetensors").write_bytes(b"half")
-    stale_pointer = tmp_path / f".latest.tmp-{dead}"
-    stale_pointer.write_text("{")
-    in_progress = tmp_path / f".step-00000008.tmp-{alive}"
-    in_progress.mkdir()
+    stale_pointer = temporary_of(tmp_path, "latest", dead)
+    in_progress = temporary_of(tmp_path, "step-00000008", alive)
     (tmp_path / "step-00000006").mkdir()
     assert remove_stale_temporaries(tmp_path) == sorted([stale_folder, stale_pointer])
     assert sorted(path.name for path in tmp_path.iterdir()) == [in_progress.name, "step-00000006"]
     assert remove_stale_temporaries(tmp_path / "absent") == []
+
+
+def test_files_and_folders_of_yours_named_like_temporaries_are_never_removed(tmp_path):
+    """A file ``.notes.tmp-999999`` and a folder ``.mydata.tmp-999998/`` beside an output folder (pids of no
+    process) are the user's: saving a model there must leave them as they are."""
+    dead = dead_pid()
+    notes = tmp_path / f".notes.tmp-{dead}"
+    notes.write_text("mine")
+    data = tmp_path / f".mydata.tmp-{dead}"
+    data.mkdir()
+    (data / "rows.csv").write_text("a,b\n")
+    lookalike = tmp_path / f".model.old.tmp-{dead}"  # named like a publish holder, but made by the user
+    lookalike.mkdir()
+    (lookalike / "keep.txt").write_text("mine too")
+    Saver = type("Saver", (), {"save_pretrained": lambda self, folder: (folder / "config.json").write_text("{}")})
+    save_model_folder(Saver(), Saver(), tmp_path / "model")
+    assert notes.read_text() == "mine" and (data / "rows.csv").read_text() == "a,b\n"
+    assert (lookalike / "keep.txt").read_text() == "mine too"
+    assert (tmp_path / "model" / "config.json").is_file() and not (tmp_path / "model" / MARKER).exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([notes.name, data.name, lookalike.name, "model"])
+
+
+def test_a_publish_killed_between_its_renames_is_put_back_by_a_save_into_a_sibling_folder(tmp_path, monkeypatch):
+    """Killed after the old ``X`` was moved aside and before the new one took its name: a later save into another
+    folder of the same parent must give ``X`` back (old content), not delete it."""
+    destination = tmp_path / "X"
+    destination.mkdir()
+    (destination / "config.json").write_text("old")
+    staging = staging_folder(destination)
+    (staging / "config.json").write_text("new")
+    replaced, real_replace = [], os.replace
+
+    def replace_once(source, target):
+        if replaced:
+            raise Killed
+        replaced.append(target)
+        real_replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_folder.os, "replace", replace_once)
+        with pytest.raises(Killed):
+            publish_folder(staging, destination)
+    assert not destination.exists()
+    monkeypatch.setattr(run_folder, "_process_alive", lambda pid: False)  # the killed process is gone
+    sibling = staging_folder(tmp_path / "Y")
+    assert (destination / "config.json").read_text() == "old"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["X", sibling.name])
 
 
 def test_a_held_run_folder_is_refused_naming_the_holder(tmp_path):
@@ -246,8 +298,6 @@ class Interrupted(Exception):
 def test_a_published_folder_is_old_or_new_whatever_instant_the_save_is_killed(tmp_path, monkeypatch):
     """``save_model_folder`` killed at each file-system step in turn: the folder must always be the complete old
     one or the complete new one (once the next save has put an interrupted swap back), never a mix."""
-    from ultrafastbert.train.jobs import save_model_folder
-
     class Saver:
         def __init__(self, name: str, text: str) -> None:
             self.name, self.text = name, text
@@ -278,15 +328,15 @@ def test_a_published_folder_is_old_or_new_whatever_instant_the_save_is_killed(tm
     while True:
         calls, kill_at = 0, kill_at + 1
         with monkeypatch.context() as patch:
-            patch.setattr(checkpointing.os, "replace", killable(os.replace))
-            patch.setattr(checkpointing, "_fsync_dir", killable(checkpointing._fsync_dir))
+            patch.setattr(run_folder.os, "replace", killable(os.replace))
+            patch.setattr(run_folder, "fsync_dir", killable(run_folder.fsync_dir))
             try:
                 save_model_folder(Saver("config.json", "new"), Saver("tokenizer.json", "new"), destination)
                 finished = True
             except Interrupted:
                 finished = False
-        monkeypatch.setattr(checkpointing, "_process_alive", lambda pid: False)  # the "killed" saver is gone
-        checkpointing.staging_folder(destination).rmdir()  # what the next save does first
+        monkeypatch.setattr(run_folder, "_process_alive", lambda pid: False)  # the "killed" saver is gone
+        shutil.rmtree(staging_folder(destination))  # what the next save does first
         monkeypatch.undo()
         contents = {path.name: path.read_text() for path in destination.iterdir()}
         old, new = ({"config.json": text, "tokenizer.json": text} for text in ("old", "new"))

@@ -127,7 +127,7 @@ def test_a_folder_holding_another_study_is_refused(tmp_path, small_data):
 
 
 def test_a_study_folder_in_use_is_refused_naming_the_holder(tmp_path, small_data):
-    from ultrafastbert.train.checkpointing import RunFolderError, run_folder_lock
+    from ultrafastbert.train.run_folder import RunFolderError, run_folder_lock
 
     config = toy(tmp_path, variants=("dense", "no-ff"))
     with run_folder_lock(config.output_dir), pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):

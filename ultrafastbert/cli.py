@@ -174,9 +174,9 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         from .model.configuration import CrammedBertConfig
         from .model.loading import CheckpointError
-        from .train.checkpointing import RunFolderError
         from .train.jobs import pretrain_job
         from .train.pretrain import TrainingDivergedError
+        from .train.run_folder import RunFolderError
 
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
@@ -231,8 +231,8 @@ def _add_finetune(finetune: argparse.ArgumentParser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from .data.userdata import UserColumns, UserFiles
-        from .train.checkpointing import RunFolderError
         from .train.jobs import finetune_job
+        from .train.run_folder import RunFolderError
 
         user_files = None
         if args.train_file or args.validation_file or args.test_file:
@@ -275,7 +275,7 @@ def _add_fffify(fffify: argparse.ArgumentParser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from .fffify.job import fffify_job
-        from .train.checkpointing import RunFolderError
+        from .train.run_folder import RunFolderError
 
         try:
             config = from_flags(FffifyConfig, args)
@@ -362,7 +362,7 @@ def _add_study(study: argparse.ArgumentParser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from .study.run import run_study
-        from .train.checkpointing import RunFolderError
+        from .train.run_folder import RunFolderError
 
         try:
             flagged, defaults = from_flags(StudyConfig, args), StudyConfig()

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from ..cache import cache_root
 from ..data.corpus import Corpus, corpus_from_paths
 from ..model.tokenizer import load_tokenizer
-from ..train.checkpointing import publish_folder, staging_folder
 from ..train.jobs import check_output_folder
+from ..train.run_folder import publish_folder, staging_folder
 from .config import FffifyConfig
 from .distill import (
     Batches,

@@ -39,9 +39,9 @@ from ..fff import FFF, kernels
 from ..model.configuration import CrammedBertConfig
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertFeedForward, CrammedBertForMaskedLM
-from ..train.checkpointing import run_folder_lock
 from ..train.finetune import SeedResult, TaskResult, capped, finetune_seed, majority_baseline
 from ..train.pretrain import PretrainConfig, Pretrainer, mask_generators
+from ..train.run_folder import run_folder_lock
 from .config import StudyConfig, StudyError
 from .report import build_report, write_report
 from .state import claim_folder, read_json, write_json

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpointing import LOCK
+from ..train.run_folder import LOCK
 from .config import StudyConfig, StudyError
 
 

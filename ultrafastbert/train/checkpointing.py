@@ -8,21 +8,19 @@ save) writes ``step-00000123.1``, and older checkpoints are removed only after t
 previous checkpoint as it was. ``latest`` also lists the checkpoints in the order they were published; the newest
 ``keep`` of them stay, whatever their step numbers.
 
-A run folder is claimed with :func:`run_folder_lock` while a run writes there, and
-:func:`remove_stale_temporaries` clears what killed processes left half-written. Nothing is unpickled: tensors
-go to safetensors, everything else to JSON.
+Temporaries are marked as this package's own (``run_folder``), so the sweep of what killed processes left
+half-written (``run_folder.remove_stale_temporaries``) never touches anything else. Nothing is unpickled:
+tensors go to safetensors, everything else to JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import random
 import re
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,166 +31,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..model.loading import CheckpointError
+from .run_folder import fsync_dir, make_temporary_folder, unmark, write_json_atomic
 
 WEIGHTS = "model.safetensors"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 LATEST = "latest"
-LOCK = ".run.lock"
 
 CHECKPOINT_NAME = re.compile(r"step-\d{8}(\.\d+)?")  # step-00000123, or step-00000123.2 for a re-save
-TEMPORARY_NAME = re.compile(r"\..+\.tmp-(\d+)")  # .step-00000123.tmp-4242, .latest.tmp-4242
-
-
-class RunFolderError(RuntimeError):
-    """A run folder this run may not write: another run holds it, or it holds a run that is not being resumed."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def run_folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold the lock of run folder ``folder`` (``flock`` on ``folder/.run.lock``, which records the holder's pid).
-
-    A second process asking for it fails at once with :class:`RunFolderError` naming the holder. The kernel drops
-    the lock when its holder exits, however it dies, so a killed run never leaves a stale one. Not re-entrant:
-    the same process asking twice is refused too.
-    """
-    folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with _held_lock(folder):
-            yield
-    finally:
-        # a run refused (or failed) before writing anything leaves no folder holding nothing but the lock file
-        if created and [path.name for path in folder.iterdir()] == [LOCK]:
-            (folder / LOCK).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-@contextlib.contextmanager
-def _held_lock(folder: Path) -> Iterator[None]:
-    with open(folder / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise RunFolderError(
-                f"{folder} is in use by another run (pid {holder}); wait for it to end or choose another folder"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Remove the temporaries (``.NAME.tmp-PID``) in ``directory`` whose process no longer runs on this machine: a
-    run killed mid-save leaves them, and on a nearly full disk they would hold the space every later save needs. A
-    live process's temporaries are its save in progress and stay. Returns what was removed."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    removed = []
-    for path in sorted(directory.iterdir()):
-        match = TEMPORARY_NAME.fullmatch(path.name)
-        if match is None or _process_alive(int(match.group(1))):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def staging_folder(destination: str | Path) -> Path:
-    """A new empty folder ``.NAME.tmp-PID`` beside ``destination`` to build it in (then :func:`publish_folder`).
-    Creating it is the check that the destination can be written: an ``OSError`` naming the destination
-    otherwise. Stale temporaries of killed processes beside it are removed first."""
-    destination = Path(destination)
-    parent = destination.parent
-    blocking = next((folder for folder in (parent, *parent.parents) if folder.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise NotADirectoryError(f"cannot write {destination}: {blocking} is a file, not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        _restore_interrupted_publish(destination)
-        remove_stale_temporaries(parent)
-        staging = parent / f".{destination.name}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        probe = staging / ".write-check"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise OSError(f"cannot write {destination}: {error.strerror or error}") from None
-    return staging
-
-
-def _restore_interrupted_publish(destination: Path) -> None:
-    """A kill between :func:`publish_folder`'s two renames leaves no ``destination`` and the old folder under
-    ``.NAME.old.tmp-PID``: put it back before that temporary is taken for stale and removed."""
-    if destination.exists():
-        return
-    for path in destination.parent.glob(f".{destination.name}.old.tmp-*"):
-        match = TEMPORARY_NAME.fullmatch(path.name)
-        if match is not None and not _process_alive(int(match.group(1))):
-            os.replace(path, destination)
-            return
-
-
-def publish_folder(staging: str | Path, destination: str | Path) -> None:
-    """Move the complete folder ``staging`` to ``destination`` by renames, so that ``destination`` is never a
-    half-written mix: it is the old folder, the new one, or (for the instant between two renames) absent with the
-    old one aside under ``.NAME.old.tmp-PID``, which the next :func:`staging_folder` for it puts back if a kill
-    landed there. The old folder is deleted only once the new one is in place."""
-    staging, destination = Path(staging), Path(destination)
-    _fsync_dir(staging)
-    old = destination.parent / f".{destination.name}.old.tmp-{os.getpid()}"
-    if destination.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(destination, old)
-    os.replace(staging, destination)
-    _fsync_dir(destination.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -313,11 +159,9 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     previous = _read_pointer(directory)
-    temporary = directory / f".step-{step:08d}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
     final = directory / _unused_name(directory, step)
+    temporary = make_temporary_folder(directory, f"step-{step:08d}")
     try:
-        temporary.mkdir()
         optimizer_tensors, optimizer_json = _optimizer_state(optimizer)
         rng_tensors, rng_json = rng_state()
         save_file(_model_weights(model), str(temporary / WEIGHTS))
@@ -328,13 +172,14 @@ def save_checkpoint(
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         os.rename(temporary, final)
+        unmark(final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     published = [name for name in (previous or {}).get("published", []) if (directory / name).is_dir()]
     published = [*published, final.name][-max(keep, 1) :]
-    _write_json_atomic(directory / LATEST, {"checkpoint": final.name, "published": published})
+    write_json_atomic(directory / LATEST, {"checkpoint": final.name, "published": published})
     # only now that latest names the new folder may the old ones go; unpublished leftovers of killed saves go too
     for path in directory.iterdir():
         if CHECKPOINT_NAME.fullmatch(path.name) and path.name not in published and path.is_dir():

@@ -40,7 +40,7 @@ from ..model.convert import model_class_for
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertForMaskedLM
 from ..model.tokenizer import load_tokenizer
-from .checkpointing import RunFolderError, holds_checkpoints, publish_folder, run_folder_lock, staging_folder
+from .checkpointing import holds_checkpoints
 from .config import PretrainJob
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
 from .finetune import (
@@ -53,6 +53,7 @@ from .finetune import (
     write_results,
 )
 from .pretrain import CHECKPOINTS, METRICS, Pretrainer, mlm_metrics
+from .run_folder import RunFolderError, publish_folder, run_folder_lock, staging_folder
 
 logger = logging.getLogger(__name__)
 

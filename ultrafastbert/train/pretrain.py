@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..model.modeling import CrammedBertScaledSinusoidalPositions
-from .checkpointing import latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
+from .run_folder import remove_stale_temporaries
 from .schedule import BatchRamp, TriangleSchedule
 
 logger = logging.getLogger(__name__)
