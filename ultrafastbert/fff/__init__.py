@@ -1,14 +1,17 @@
 """The FFF layer: module, reference oracle, conditional execution paths, the compiled CPU kernel and the Triton GPU
 kernels (registered for CUDA by ``triton_ops``; Triton is imported on their first call)."""
 
-from . import kernels, ops, triton_ops
-from .layer import FFF, IMPLEMENTATIONS, check_impl
+from . import balance, kernels, ops, triton_ops
+from .balance import update_routing_offsets
+from .layer import FFF, IMPLEMENTATIONS, check_balance_rate, check_impl
 from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
 from .sparse import sparse_fff, walk_backward, walk_forward
 
 __all__ = [
     "FFF",
     "IMPLEMENTATIONS",
+    "balance",
+    "check_balance_rate",
     "check_impl",
     "fff_reference",
     "kernels",
@@ -17,6 +20,7 @@ __all__ = [
     "ops",
     "sparse_fff",
     "triton_ops",
+    "update_routing_offsets",
     "visited_nodes_reference",
     "walk_backward",
     "walk_forward",

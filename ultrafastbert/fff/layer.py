@@ -12,10 +12,17 @@ One module, several execution paths with one semantics (``docs/design.md`` §1),
 - ``"auto"`` (default): the fastest correct path for the device, dtype and grad mode: ``"kernel"`` on CPU for
   float32/bfloat16 when the kernel is built, ``"triton"`` on CUDA for float32/bfloat16 when Triton is installed,
   else ``"sparse"`` (with grad) or ``"walk"`` (without).
+
+With ``balance_rate > 0`` the layer keeps its trees balanced without a loss (``docs/design.md`` §1): a per-node
+``routing_offset`` buffer (float32, not trained by gradient, saved in the state dict) is added to the logits for
+the routing decision only, and ``balance.update_routing_offsets`` moves it after each optimizer step from the visit
+counts that the layer's training forwards record. With ``balance_rate=0`` (the default) there is no buffer and
+the layer is the published one, state dict included.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -43,12 +50,21 @@ def check_impl(impl: str, name: str = "FFF impl") -> str:
     return impl
 
 
+def check_balance_rate(rate: float, name: str = "FFF balance_rate") -> float:
+    """``rate`` if it is a finite number >= 0 (a routing offset step), else a one-line ``ValueError`` naming it."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {rate!r}")
+    return float(rate)
+
+
 class FFF(nn.Module):
     """Fast feedforward layer ``UltraFastBERT-KxD``: ``trees`` trees of depth ``depth`` on ``width`` features.
 
     Parameters are named as in the published checkpoints: ``linear_in`` (``K*n`` x ``width``, with bias) and
     ``linear_out`` (``width`` x ``K*n``, no bias), tree ``k`` owning node rows ``[k*n, (k+1)*n)`` in heap order.
-    ``width``, ``depth`` and ``trees`` are integers; ``depth`` is at most ``MAX_DEPTH`` (20).
+    ``width``, ``depth`` and ``trees`` are integers; ``depth`` is at most ``MAX_DEPTH`` (20). ``balance_rate``
+    (>= 0) is the step by which ``balance.update_routing_offsets`` moves each node's routing offset; 0 keeps the
+    published layer (no offset).
     """
 
     def __init__(
@@ -60,8 +76,10 @@ class FFF(nn.Module):
         init_std: float = 0.02,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        balance_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        check_balance_rate(balance_rate)
         for name, value in (("width", width), ("depth", depth), ("trees", trees)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"FFF {name} must be an integer, got {value!r}")
@@ -74,6 +92,15 @@ class FFF(nn.Module):
         nodes = trees * nodes_per_tree(depth)
         self.linear_in = nn.Linear(width, nodes, bias=True, device=device, dtype=dtype)
         self.linear_out = nn.Linear(nodes, width, bias=False, device=device, dtype=dtype)
+        self.balance_rate = float(balance_rate)
+        # Float32 whatever the weights' dtype (``_apply`` keeps it so): steps of ``balance_rate`` must not round away.
+        offset = torch.zeros(nodes, dtype=torch.float32, device=device) if balance_rate > 0 else None
+        self.register_buffer("routing_offset", offset)
+        # Tokens that reached each node (K*n,) in the training forwards since ``balance.take_routing_visits`` last
+        # took them: recorded by balancing layers, and by any layer while ``record_visits`` is set (tree health in
+        # training). A plain attribute, not a buffer: DDP would broadcast rank 0's counts over the others'.
+        self.routing_visits: Tensor | None = None
+        self.record_visits = False
         self.impl = impl
         self._weight_out_t_cache: tuple | None = None
         self.reset_parameters()
@@ -98,13 +125,25 @@ class FFF(nn.Module):
         nn.init.normal_(self.linear_out.weight, std=self.init_std)
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, depth={self.depth}, trees={self.trees}, impl={self.impl!r}"
+        balance = f", balance_rate={self.balance_rate}" if self.balance_rate > 0 else ""
+        return f"width={self.width}, depth={self.depth}, trees={self.trees}, impl={self.impl!r}{balance}"
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``nn.Module._apply`` (``to``, ``half``, ``cuda``, ...) that moves ``routing_offset`` to the new device but
+        keeps it float32: an offset rounded to bfloat16 would lose steps of ``balance_rate`` near 1."""
+        offset = self._buffers.get("routing_offset")
+        super()._apply(fn, recurse)
+        moved = self._buffers.get("routing_offset")
+        if offset is not None and moved is not None and moved.dtype != torch.float32:
+            self._buffers["routing_offset"] = offset.to(device=moved.device)
+        return self
 
     def forward(self, x: Tensor, return_path: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``(..., width)`` -> ``(..., width)``; with ``return_path`` also the visited global node
         indices ``(..., trees, depth+1)``, root first."""
         weight_in, bias_in, weight_out = self._parameter_tensors()
-        if not return_path and self._impl in _KERNEL_IMPLS and isinstance(x, Tensor):
+        offset = self._buffers.get("routing_offset")
+        if not return_path and offset is None and self._impl in _KERNEL_IMPLS and isinstance(x, Tensor):
             # The inference hot path, a few microseconds at one token: every condition is one cheap attribute
             # test (the op checks the rest), and any input it does not take goes the checked general way below.
             dtype, shape = x.dtype, x.shape
@@ -126,13 +165,21 @@ class FFF(nn.Module):
         self._check_input(x, weight_in)
         impl = self.resolve_impl(x)
         needs_grad = self._needs_grad(x)
+        record = (offset is not None or self.record_visits) and self.training and needs_grad
+        if offset is not None and impl in ("kernel", "triton"):
+            # The compiled ops take no routing offset yet: a balancing layer runs the PyTorch paths.
+            impl = "sparse" if needs_grad else "walk"
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.width)
         if impl == "reference":
-            out = fff_reference(flat, weight_in, bias_in, weight_out, self.depth, self.trees)
-            nodes = visited_nodes_reference(flat, weight_in, bias_in, self.depth, self.trees) if return_path else None
+            out = fff_reference(flat, weight_in, bias_in, weight_out, self.depth, self.trees, offset)
+            nodes = (
+                visited_nodes_reference(flat, weight_in, bias_in, self.depth, self.trees, offset)
+                if return_path or record
+                else None
+            )
         elif impl == "sparse":
-            out, nodes = sparse_fff(flat, weight_in, bias_in, weight_out, self.depth, self.trees)
+            out, nodes = sparse_fff(flat, weight_in, bias_in, weight_out, self.depth, self.trees, offset)
         elif impl in ("kernel", "triton"):  # the same ops; the device picks the implementation
             if needs_grad:
                 weight_out_t = weight_out.t().contiguous()  # differentiable: its gradient is transposed back
@@ -153,8 +200,10 @@ class FFF(nn.Module):
                 )
             with torch.no_grad():
                 out, nodes, _ = walk_forward(
-                    flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees
+                    flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees, offset
                 )
+        if record:
+            self._record_visits(nodes)
         out = out.reshape(*lead, self.width)
         if return_path:
             return out, nodes.reshape(*lead, self.trees, self.depth + 1)
@@ -164,8 +213,16 @@ class FFF(nn.Module):
         """Global node indices ``(..., trees, depth+1)`` that each token of ``x`` visits (no grad)."""
         self._check_input(x, self.linear_in.weight)
         flat = x.reshape(-1, self.width)
-        nodes = visited_nodes_reference(flat, self.linear_in.weight, self.linear_in.bias, self.depth, self.trees)
+        nodes = visited_nodes_reference(
+            flat, self.linear_in.weight, self.linear_in.bias, self.depth, self.trees, self.routing_offset
+        )
         return nodes.reshape(*x.shape[:-1], self.trees, self.depth + 1)
+
+    def _record_visits(self, nodes: Tensor) -> None:
+        """Add the visit counts of ``nodes`` (global indices, any shape) to ``routing_visits``."""
+        with torch.no_grad():
+            counts = torch.bincount(nodes.reshape(-1), minlength=self.linear_in.out_features)
+        self.routing_visits = counts if self.routing_visits is None else self.routing_visits + counts
 
     def resolve_impl(self, x: Tensor) -> str:
         """The path ``forward`` takes for ``x``: ``impl`` itself unless it is ``"auto"``."""

@@ -6,6 +6,10 @@ is the definition every fast path in this package is tested against.
 
 Reduced-precision inputs (bfloat16, float16) are computed in float32 and the result is rounded once, so that
 routing is decided on float32 logits by every implementation alike.
+
+A layer that balances its trees (``FFF(balance_rate > 0)``) passes a per-node ``routing_offset`` ``(K*n,)``: a
+token goes right at a node when ``logit + offset > 0`` (added in the compute dtype). The offset only routes; the
+neuron's activation is ``GELU(logit)`` as without it.
 """
 
 from __future__ import annotations
@@ -37,8 +41,17 @@ def tree_offsets(trees: int, depth: int, device: torch.device | None = None) -> 
     return torch.arange(trees, device=device) * nodes_per_tree(depth)
 
 
+def routing_logits(logits: Tensor, routing_offset: Tensor | None) -> Tensor:
+    """What routing compares with 0: ``logits`` ``(N, K*n)`` plus the per-node ``routing_offset`` ``(K*n,)`` when
+    there is one, added in the logits' dtype."""
+    if routing_offset is None:
+        return logits
+    return logits + routing_offset.to(logits.dtype)
+
+
 def visited_nodes_from_logits(logits: Tensor, depth: int, trees: int) -> Tensor:
-    """Walk every tree on precomputed logits ``(N, K*n)``; returns global node indices ``(N, K, D+1)``.
+    """Walk every tree on precomputed routing logits ``(N, K*n)`` (``routing_logits``); returns global node
+    indices ``(N, K, D+1)``.
 
     A token goes right when its logit is strictly positive, so a logit of exactly 0 (or NaN) goes left.
     """
@@ -54,20 +67,32 @@ def visited_nodes_from_logits(logits: Tensor, depth: int, trees: int) -> Tensor:
     return local + tree_offsets(trees, depth, logits.device).view(1, trees, 1)
 
 
-def fff_reference(x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out: Tensor, depth: int, trees: int) -> Tensor:
+def fff_reference(
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
+) -> Tensor:
     """Dense masking FFF forward. ``x`` is ``(N, H)``; weights as in ``nn.Linear``: ``(K*n, H)``, ``(K*n,)``,
-    ``(H, K*n)``. Differentiable; the routing (the mask) is not, exactly as in the original code."""
+    ``(H, K*n)``; ``routing_offset`` ``(K*n,)`` or None. Differentiable; the routing (the mask) is not, exactly as
+    in the original code."""
     dtype = compute_dtype(x.dtype)
     logits = F.linear(x.to(dtype), weight_in.to(dtype), bias_in.to(dtype))  # (N, K*n)
-    visited = visited_nodes_from_logits(logits.detach(), depth, trees).flatten(1)  # (N, K*(D+1))
+    route = routing_logits(logits.detach(), routing_offset)
+    visited = visited_nodes_from_logits(route, depth, trees).flatten(1)  # (N, K*(D+1))
     mask = torch.zeros_like(logits).scatter_(1, visited, 1.0)
     hidden = F.gelu(logits) * mask
     return F.linear(hidden, weight_out.to(dtype)).to(x.dtype)  # (N, H)
 
 
-def visited_nodes_reference(x: Tensor, weight_in: Tensor, bias_in: Tensor, depth: int, trees: int) -> Tensor:
+def visited_nodes_reference(
+    x: Tensor, weight_in: Tensor, bias_in: Tensor, depth: int, trees: int, routing_offset: Tensor | None = None
+) -> Tensor:
     """Global indices of the nodes each token of ``x`` ``(N, H)`` visits, ``(N, K, D+1)``, root first."""
     dtype = compute_dtype(x.dtype)
     with torch.no_grad():
         logits = F.linear(x.to(dtype), weight_in.to(dtype), bias_in.to(dtype))
-    return visited_nodes_from_logits(logits, depth, trees)
+        return visited_nodes_from_logits(routing_logits(logits, routing_offset), depth, trees)

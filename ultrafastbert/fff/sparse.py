@@ -6,7 +6,9 @@ instead of ``K*n``. The backward pass scatter-adds into the visited rows only; b
 hard (not differentiated), these are exactly the gradients of the dense masking reference.
 
 These functions are the portable fallback and the contract the native kernels implement:
-``walk_forward`` -> ``(out, nodes, logits)`` and ``walk_backward`` -> the four gradients.
+``walk_forward`` -> ``(out, nodes, logits)`` and ``walk_backward`` -> the four gradients. A balancing layer's
+``routing_offset`` (``reference``) changes only which child a token goes to; ``logits`` stay the neurons' own, so
+the backward pass needs no offset.
 """
 
 from __future__ import annotations
@@ -29,9 +31,16 @@ def gelu_derivative(z: Tensor) -> Tensor:
 
 
 def walk_forward(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Conditional forward for ``x`` ``(N, H)``; ``weight_out_t`` is ``(K*n, H)``.
+    """Conditional forward for ``x`` ``(N, H)``; ``weight_out_t`` is ``(K*n, H)``; ``routing_offset`` ``(K*n,)``
+    or None (a token goes right when ``logit + offset > 0``).
 
     Returns the output ``(N, H)`` in ``x.dtype``, the visited global node indices ``(N, K, D+1)`` (int64) and
     their logits ``(N, K, D+1)`` in the compute dtype (what the backward pass needs).
@@ -49,7 +58,8 @@ def walk_forward(
         out += torch.einsum("nk,nkh->nh", F.gelu(z), weight_out_t[node].to(dtype))
         nodes.append(node)
         logits.append(z)
-        local = 2 * local + 1 + (z > 0).long()
+        route = z if routing_offset is None else z + routing_offset[node].to(dtype)
+        local = 2 * local + 1 + (route > 0).long()
     return out.to(x.dtype), torch.stack(nodes, dim=2), torch.stack(logits, dim=2)
 
 
@@ -89,9 +99,9 @@ class SparseFFFFunction(torch.autograd.Function):
     """Autograd wrapper of ``walk_forward``/``walk_backward`` taking ``linear_out.weight`` as it is stored."""
 
     @staticmethod
-    def forward(ctx, x, weight_in, bias_in, weight_out, depth: int, trees: int):  # type: ignore[override]
+    def forward(ctx, x, weight_in, bias_in, weight_out, depth: int, trees: int, routing_offset=None):  # type: ignore[override]
         weight_out_t = weight_out.t().contiguous()
-        out, nodes, logits = walk_forward(x, weight_in, bias_in, weight_out_t, depth, trees)
+        out, nodes, logits = walk_forward(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
         ctx.save_for_backward(x, weight_in, weight_out_t, nodes, logits)
         ctx.mark_non_differentiable(nodes)
         return out, nodes
@@ -102,11 +112,18 @@ class SparseFFFFunction(torch.autograd.Function):
         grad_x, grad_w_in, grad_b_in, grad_w_out_t = walk_backward(
             grad_out.contiguous(), x, weight_in, weight_out_t, nodes, logits
         )
-        return grad_x, grad_w_in, grad_b_in, grad_w_out_t.t(), None, None
+        return grad_x, grad_w_in, grad_b_in, grad_w_out_t.t(), None, None, None
 
 
 def sparse_fff(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Differentiable conditional FFF on ``x`` ``(N, H)``: returns ``(out, visited nodes)``."""
-    return SparseFFFFunction.apply(x, weight_in, bias_in, weight_out, depth, trees)
+    """Differentiable conditional FFF on ``x`` ``(N, H)``: returns ``(out, visited nodes)``. ``routing_offset``
+    only routes and gets no gradient."""
+    return SparseFFFFunction.apply(x, weight_in, bias_in, weight_out, depth, trees, routing_offset)

@@ -19,7 +19,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from ..fff import check_impl, neurons_per_token
-from ..fff.layer import MAX_DEPTH
+from ..fff.layer import MAX_DEPTH, check_balance_rate
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,10 @@ class CrammedBertConfig(PretrainedConfig):
     ``ffn_type="none"`` leaves the feedforward sub-layer out (attention-only blocks: a baseline, not a published
     model, so it has no original-format ``arch``).
     ``fff_impl`` picks the FFF execution path (``"auto"``: conditional inference without grad, sparse training
-    with grad; ``"reference"``: the original dense masking computation, for checks). With ``arch`` (the original
-    nested dict), the values it defines take precedence over flat fields passed alongside it.
+    with grad; ``"reference"``: the original dense masking computation, for checks). ``fff_balance_rate > 0`` keeps
+    the trees balanced by per-node routing offsets (``fff.balance``; 0, the published models' setting, turns it
+    off). With ``arch`` (the original nested dict), the values it defines take precedence over flat fields passed
+    alongside it.
     """
 
     model_type = MODEL_TYPE
@@ -129,6 +131,7 @@ class CrammedBertConfig(PretrainedConfig):
     fff_trees: int = 1
     fff_depth: int = 11
     fff_impl: str = "auto"
+    fff_balance_rate: float | int = 0.0
     intermediate_size: int = 3072
     hidden_act: Literal["gelu", "gelu_glu"] = "gelu"
     layer_norm_eps: float = 1e-12
@@ -179,6 +182,7 @@ class CrammedBertConfig(PretrainedConfig):
             if self.hidden_act != "gelu":
                 raise ValueError(f"FFF layers use GELU; hidden_act={self.hidden_act!r} is for dense feedforwards")
         check_impl(self.fff_impl, name="fff_impl")
+        check_balance_rate(self.fff_balance_rate, name="fff_balance_rate")
         if self.ffn_type == "dense" and self.hidden_act == "gelu_glu" and self.intermediate_size % 2:
             raise ValueError(f"gelu_glu splits the intermediate features in two: {self.intermediate_size} is odd")
 
@@ -210,6 +214,8 @@ class CrammedBertConfig(PretrainedConfig):
         """The original nested architecture dict (as in the published ``model_config.json``) for this config."""
         if self.ffn_type == "none":
             raise ValueError("a model without feedforward layers has no original-format architecture")
+        if self.ffn_type == "fff" and self.fff_balance_rate > 0:
+            raise ValueError("the original format has no routing offsets: a model with fff_balance_rate > 0 has none")
         ffn: dict[str, Any]
         if self.ffn_type == "fff":
             ffn = {"intermed_type": "fff", "intermed_size": self.fff_trees, "intermed_depth": self.fff_depth}

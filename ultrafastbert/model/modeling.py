@@ -185,6 +185,7 @@ class CrammedBertLayer(nn.Module):
                 trees=config.fff_trees,
                 impl=config.fff_impl,
                 init_std=config.initializer_range,
+                balance_rate=config.fff_balance_rate,
             )
         elif config.ffn_type == "dense":
             self.ffn = CrammedBertFeedForward(config)
@@ -215,6 +216,8 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
             init.constant_(module.scale_factor, module.hidden_size**-0.5)
         elif isinstance(module, CrammedBertSelfAttention):
             init.constant_(module.norm_factor, module.head_dim**-0.5)
+        elif isinstance(module, FFF) and module.routing_offset is not None:
+            init.zeros_(module.routing_offset)
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:

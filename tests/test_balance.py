@@ -1,0 +1,203 @@
+"""Balanced trees: the routing offset in every FFF path against the reference, the balancing rule, and the promise
+that a layer without balancing is the published one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fff_helpers import (
+    TOLERANCE,
+    assert_gradients_close,
+    random_input,
+    random_layer,
+    relative_error,
+    run_with_grads,
+)
+
+from ultrafastbert import FFF
+from ultrafastbert.fff import kernels, nodes_per_tree, update_routing_offsets
+from ultrafastbert.fff.balance import routing_step, take_routing_visits
+from ultrafastbert.model.configuration import CrammedBertConfig
+
+torch.set_num_threads(1)
+
+GRAD_PATHS = ["sparse", "auto"] + (["kernel"] if kernels.available() else [])
+NO_GRAD_PATHS = ["sparse", "walk", "auto"] + (["kernel"] if kernels.available() else [])
+
+
+def balancing_layer(
+    width: int, depth: int, trees: int, dtype: torch.dtype = torch.float32, seed: int = 0, offset_std: float = 0.5
+) -> FFF:
+    """``random_layer``'s weights in a balancing layer whose offsets are random (offset 0 would hide offset bugs),
+    comparable to the logits so that they change many paths."""
+    plain = random_layer(width, depth, trees, seed=seed)
+    layer = FFF(width, depth, trees, balance_rate=0.01)
+    layer.load_state_dict(plain.state_dict(), strict=False)
+    generator = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        layer.routing_offset.normal_(0.0, offset_std, generator=generator)
+    return layer.to(dtype)
+
+
+def assert_matches_reference(layer: FFF, x: torch.Tensor) -> None:
+    tol = TOLERANCE[x.dtype]
+    ref_out, ref_path, ref_grads = run_with_grads(layer, x, "reference")
+    for impl in GRAD_PATHS:
+        out, path, grads = run_with_grads(layer, x, impl)
+        assert torch.equal(path, ref_path), impl
+        assert relative_error(out, ref_out) <= tol, impl
+        assert_gradients_close(layer, x, grads, ref_grads, tol, impl)
+        assert layer.routing_offset.grad is None
+    with torch.no_grad():
+        for impl in NO_GRAD_PATHS:
+            layer.impl = impl
+            out, path = layer(x, return_path=True)
+            assert torch.equal(path, ref_path), impl
+            assert relative_error(out, ref_out) <= tol, impl
+            assert relative_error(layer(x), ref_out) <= tol, impl
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "depth,trees,width,lead",
+    [(6, 1, 32, (5, 7)), (0, 1, 1, (1,)), (0, 3, 17, (4,)), (4, 4, 33, (2, 3)), (3, 2, 19, (1,)), (5, 2, 64, (0, 3))],
+)
+def test_paths_match_reference_with_offsets(depth, trees, width, lead, dtype):
+    """Every path routes on ``logit + offset`` like the reference: depth 0, batch 1, odd widths, several trees,
+    an empty batch, float32 and bfloat16, forward and gradients."""
+    layer = balancing_layer(width, depth, trees, dtype=dtype, seed=depth * 10 + trees)
+    assert_matches_reference(layer, random_input((*lead, width), dtype=dtype, seed=depth + width))
+
+
+def test_offsets_change_paths_but_not_activations():
+    """The offset decides the child only: a token's output is the sum over its path of GELU(logit) * w_out."""
+    layer = balancing_layer(24, 5, 2, seed=3, offset_std=2.0)
+    x = random_input((64, 24), seed=4)
+    with torch.no_grad():
+        _, path = layer(x, return_path=True)
+        offset = layer.routing_offset.clone()
+        layer.routing_offset.zero_()
+        _, plain_path = layer(x, return_path=True)
+        layer.routing_offset.copy_(offset)
+        out = layer(x)
+        logits = x @ layer.linear_in.weight.T + layer.linear_in.bias  # (N, K*n)
+        flat = path.reshape(64, -1)
+        expected = torch.einsum(
+            "nv,nvh->nh", torch.nn.functional.gelu(logits.gather(1, flat)), layer.linear_out.weight.T[flat]
+        )
+    assert not torch.equal(path, plain_path)
+    assert relative_error(out, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["reference", "sparse", "walk"])
+def test_zero_offset_is_bit_identical_to_the_plain_layer(impl):
+    plain = random_layer(40, 6, 3, seed=11)
+    balancing = FFF(40, 6, 3, balance_rate=0.05)
+    balancing.load_state_dict(plain.state_dict(), strict=False)
+    x = random_input((9, 40), seed=12)
+    if impl == "walk":
+        with torch.no_grad():
+            plain.impl = balancing.impl = impl
+            assert torch.equal(plain(x), balancing(x))
+        return
+    out, path, grads = run_with_grads(plain, x, impl)
+    b_out, b_path, b_grads = run_with_grads(balancing, x, impl)
+    assert torch.equal(out, b_out) and torch.equal(path, b_path)
+    for grad, b_grad in zip(grads, b_grads, strict=True):
+        assert torch.equal(grad, b_grad)
+
+
+def test_a_plain_layer_has_the_published_state_dict():
+    """Balancing off: no offset buffer, so published checkpoints load strictly; on: the offset is saved."""
+    assert list(FFF(8, 2).state_dict()) == ["linear_in.weight", "linear_in.bias", "linear_out.weight"]
+    assert "routing_offset" in FFF(8, 2, balance_rate=0.1).state_dict()
+    FFF(8, 2).load_state_dict(FFF(8, 2).state_dict(), strict=True)
+    config = CrammedBertConfig.from_preset("tiny-ufb-1x4")
+    assert config.fff_balance_rate == 0
+
+
+def test_offsets_stay_float32_and_load_exactly():
+    layer = balancing_layer(8, 3, 2, seed=5)
+    layer.routing_offset.add_(1e-3)  # a step that bfloat16 would round away
+    saved = layer.routing_offset.clone()
+    layer = layer.to(torch.bfloat16)
+    assert layer.routing_offset.dtype == torch.float32 and torch.equal(layer.routing_offset, saved)
+    copy = FFF(8, 3, 2, balance_rate=0.01, dtype=torch.bfloat16)
+    copy.load_state_dict(layer.state_dict(), strict=True)
+    assert torch.equal(copy.routing_offset, saved)
+
+
+def test_routing_step_pushes_against_the_busier_side():
+    # depth 2, one tree, heap order: the root sends 7 of 10 right (down), node 1 sends 1 of 3 right (up), node 2
+    # sends all 7 right (down); an even split or a node nobody reached stays
+    visits = torch.tensor([[10, 3, 7, 2, 1, 0, 7]])
+    assert routing_step(visits, 2).tolist() == [[-1, 1, -1]]
+    assert routing_step(torch.tensor([[4, 2, 2, 1, 1, 1, 1]]), 2).tolist() == [[0, 0, 0]]
+    assert routing_step(torch.tensor([[4, 4, 0, 2, 2, 0, 0]]), 2).tolist() == [[1, 0, 0]]
+
+
+def test_balancing_moves_a_skewed_tree_towards_an_even_split():
+    """A root whose bias sends ~98% of the tokens right ends near 50/50 after training steps with the rule; so
+    does every node below it; without the rule it stays skewed."""
+    torch.manual_seed(0)
+    depth, trees = 3, 2
+
+    def skewed(rate: float) -> FFF:
+        layer = random_layer(16, depth, trees, seed=1)
+        balancing = FFF(16, depth, trees, balance_rate=rate)
+        balancing.load_state_dict(layer.state_dict(), strict=False)
+        with torch.no_grad():
+            balancing.linear_in.bias[0] = 2.0 * balancing.linear_in.weight[0].norm()  # tree 0: almost all right
+            balancing.linear_in.bias[nodes_per_tree(depth)] = -2.0 * balancing.linear_in.weight[0].norm()
+        return balancing
+
+    x = random_input((2048, 16), seed=2)
+
+    def root_right_share(layer: FFF) -> list[float]:
+        path = layer.visited_nodes(x)  # (N, K, D+1)
+        return ((path[:, :, 1] - path[:, :, 0]) == 2).double().mean(0).tolist()
+
+    layer = skewed(0.02)
+    assert [round(s, 1) for s in root_right_share(layer)] == [1.0, 0.0]
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.0)  # the offsets alone move
+    for _ in range(200):
+        layer.train()
+        layer(x).square().mean().backward()
+        optimizer.step()
+        assert update_routing_offsets(layer) == 1
+    for share in root_right_share(layer):
+        assert 0.45 <= share <= 0.55
+    path = layer.visited_nodes(x)
+    leaf_visits = torch.bincount(path[:, :, -1].flatten(), minlength=trees * nodes_per_tree(depth))
+    leaves = leaf_visits.reshape(trees, -1)[:, 2**depth - 1 :]
+    assert leaves.min() >= 0.5 * x.shape[0] / 2**depth  # every leaf near its even share
+    assert root_right_share(skewed(0.0)) == root_right_share(skewed(0.02))  # same start, untouched without it
+
+
+def test_visits_are_recorded_in_training_forwards_only():
+    layer = balancing_layer(8, 2, 2, seed=1)
+    x = random_input((5, 8), seed=2)
+    layer.eval()
+    layer(x)
+    with torch.no_grad():
+        layer.train()
+        layer(x)
+    assert layer.routing_visits is None
+    layer.train()
+    layer(x)
+    layer(x)
+    (taken,) = take_routing_visits(layer)
+    assert taken[1].shape == (2, 7) and taken[1][:, 0].tolist() == [10, 10]
+    assert layer.routing_visits is None and update_routing_offsets(layer) == 0
+
+
+@pytest.mark.parametrize("rate", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_bad_balance_rate_is_a_one_line_error(rate):
+    with pytest.raises(ValueError, match=r"^FFF balance_rate must be a finite number >= 0, got .*$"):
+        FFF(8, 2, balance_rate=rate)
+
+
+@pytest.mark.parametrize("rate", [-0.1, float("nan"), -1])
+def test_bad_config_balance_rate_is_a_one_line_error(rate):
+    with pytest.raises(ValueError, match=r"^fff_balance_rate must be a finite number >= 0, got .*$"):
+        CrammedBertConfig.from_preset("tiny-ufb-1x4", fff_balance_rate=rate)
