@@ -3,6 +3,10 @@ that a layer without balancing is the published one."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from fff_helpers import (
@@ -16,8 +20,11 @@ from fff_helpers import (
 
 from ultrafastbert import FFF
 from ultrafastbert.fff import kernels, nodes_per_tree, update_routing_offsets
-from ultrafastbert.fff.balance import routing_step, take_routing_visits
+from ultrafastbert.fff.balance import balancing_layers, routing_step, take_routing_visits
 from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.model.modeling import CrammedBertForMaskedLM
+from ultrafastbert.train.config import PretrainConfig
+from ultrafastbert.train.pretrain import Pretrainer
 
 torch.set_num_threads(1)
 
@@ -201,3 +208,52 @@ def test_bad_balance_rate_is_a_one_line_error(rate):
 def test_bad_config_balance_rate_is_a_one_line_error(rate):
     with pytest.raises(ValueError, match=r"^fff_balance_rate must be a finite number >= 0, got .*$"):
         CrammedBertConfig.from_preset("tiny-ufb-1x4", fff_balance_rate=rate)
+
+
+def test_pretraining_balances_trees_logs_health_and_resumes_exactly(tmp_path):
+    """A balancing model's offsets move during pretraining, its tree health is logged every N steps, and a run
+    resumed from a checkpoint ends with the same offsets as one that was not interrupted."""
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from pretrain_tiny import SEQ_LEN, VOCAB, mask_quarter, synthetic_sequences
+
+    def run(output: Path, stop_after: int | None = None, resume: bool = False) -> CrammedBertForMaskedLM:
+        torch.manual_seed(0)
+        config = CrammedBertConfig.from_preset(
+            "tiny-ufb-1x3", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, hidden_size=16,
+            num_hidden_layers=2, num_attention_heads=2, fff_balance_rate=0.05, embedding_dropout_prob=0.0,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )  # fmt: skip
+        model = CrammedBertForMaskedLM(config)
+        settings = PretrainConfig(
+            micro_batch=8, final_batch=8, max_steps=6, lr=3e-3, checkpoint_every_minutes=60,
+            tree_health_every_steps=2,
+        )  # fmt: skip
+        batches = []
+
+        def masker(ids, generators):  # one micro-batch a step: asks to stop (as SIGINT does) after stop_after
+            batches.append(1)
+            if stop_after is not None and len(batches) == stop_after:
+                trainer._stop_requested = True
+            return mask_quarter(ids, generators)
+
+        trainer = Pretrainer(model, synthetic_sequences(64, seed=1), masker, settings, output)
+        if resume:
+            assert trainer.resume() and trainer.step == 3
+        trainer.run()
+        return model
+
+    def offsets(model: CrammedBertForMaskedLM) -> list[torch.Tensor]:
+        return [layer.routing_offset.clone() for layer in balancing_layers(model)]
+
+    whole = run(tmp_path / "whole")
+    assert all(offset.abs().max() > 0 for offset in offsets(whole))
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    health = [record["tree_health"] for record in records if "tree_health" in record]
+    assert len(health) == 3
+    for figures in health:
+        assert len(figures["unvisited_leaves"]) == 2 and all(0 <= v <= 1 for v in figures["unvisited_leaves"])
+        assert all(0 < v <= 1 for v in figures["leaf_entropy"]) and all(0 <= v <= 1 for v in figures["root_left"])
+    run(tmp_path / "split", stop_after=3)
+    resumed = run(tmp_path / "split", resume=True)
+    for a, b in zip(offsets(whole), offsets(resumed), strict=True):
+        assert torch.equal(a, b)

@@ -180,7 +180,10 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
 
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
-        CrammedBertConfig.from_preset(args.preset, max_position_embeddings=args.seq_len)  # refused before any work
+        # refused before any work
+        CrammedBertConfig.from_preset(
+            args.preset, max_position_embeddings=args.seq_len, fff_balance_rate=args.fff_balance_rate
+        )
         try:
             final = pretrain_job(from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args)))
         except (RunFolderError, CheckpointError, TrainingDivergedError) as error:

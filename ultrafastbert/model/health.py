@@ -72,6 +72,25 @@ def tree_health(visits: Tensor, depth: int) -> TreeHealth:
     )
 
 
+def health_record(layers: list[TreeHealth]) -> dict[str, list[float | None]]:
+    """Per-layer figures of ``layers`` for a metrics record: unvisited leaves, leaf entropy ratio, root left
+    share (rounded to 4 places)."""
+    return {
+        "unvisited_leaves": [round(h.unvisited_leaf_fraction, 4) for h in layers],
+        "leaf_entropy": [round(h.leaf_entropy_ratio, 4) for h in layers],
+        "root_left": [None if h.root_left_share is None else round(h.root_left_share, 4) for h in layers],
+    }
+
+
+def health_postfix(layers: list[TreeHealth]) -> str:
+    """A progress-bar summary of the worst layer: the largest unvisited-leaf fraction and the root left share
+    furthest from 1/2, e.g. ``dead 64% root 2%``."""
+    dead = max(h.unvisited_leaf_fraction for h in layers)
+    roots = [h.root_left_share for h in layers if h.root_left_share is not None]
+    root = f" root {max(roots, key=lambda share: abs(share - 0.5)):.0%}" if roots else ""
+    return f"dead {dead:.0%}{root}"
+
+
 @torch.no_grad()
 def model_tree_health(
     model: CrammedBertPreTrainedModel, batches: Iterable[tuple[Tensor, Tensor | None]]

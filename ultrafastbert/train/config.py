@@ -49,6 +49,14 @@ class PretrainConfig:
     log_every_steps: int = field(
         default=1, metadata={"help": "metrics.jsonl record every N steps", "resume_may_change": True}
     )
+    tree_health_every_steps: int = field(
+        default=100,
+        metadata={
+            "help": "FFF tree health (unvisited leaves, leaf entropy, root split per layer) over the training tokens "
+            "of the last N steps, in metrics.jsonl and the progress bar, every N steps (0: off)",
+            "resume_may_change": True,
+        },
+    )
     keep_checkpoints: int = field(
         default=2, metadata={"help": "newest checkpoints kept on disk (at least 1)", "resume_may_change": True}
     )
@@ -93,6 +101,10 @@ class PretrainJob:
     )
     vocab_size: int = field(default=32768, metadata={"help": "vocabulary of a tokenizer trained on the corpus"})
     seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    fff_balance_rate: float = field(
+        default=0.0,
+        metadata={"help": "step of the FFF trees' routing offsets per optimizer step (0: off, the published trees)"},
+    )
     cache_dir: str | None = field(
         default=None, metadata={"help": "data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)"}
     )

@@ -137,7 +137,10 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     if context.is_main:
         barrier(context)
     model_config = CrammedBertConfig.from_preset(
-        job.preset, vocab_size=len(tokenizer), max_position_embeddings=job.seq_len
+        job.preset,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=job.seq_len,
+        fff_balance_rate=job.fff_balance_rate,
     )
     torch.manual_seed(job.train.seed)
     model = CrammedBertForMaskedLM(model_config)

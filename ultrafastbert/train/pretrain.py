@@ -28,6 +28,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..fff import FFF
+from ..fff.balance import move_routing_offsets, take_routing_visits
+from ..model.health import health_postfix, health_record, tree_health
 from ..model.modeling import CrammedBertScaledSinusoidalPositions
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
@@ -166,6 +169,11 @@ class Pretrainer:
         self.step, self.position, self.elapsed = 0, 0, 0.0
         self.nonfinite_in_a_row = 0
         self._stop_requested = False
+        # Tree health: every FFF layer records the nodes its training tokens visit, summed here between reports.
+        self.fff_layers = [module for module in self.model.modules() if isinstance(module, FFF)]
+        self.tree_visits: list[Tensor] | None = None
+        for layer in self.fff_layers:
+            layer.record_visits = config.tree_health_every_steps > 0
 
     # --- state ---------------------------------------------------------------------------------------------
     def _checkpoint_config(self) -> dict[str, Any]:
@@ -252,6 +260,7 @@ class Pretrainer:
             self.optimizer.step()
             self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
+        self._balance_trees()
         if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
             raise TrainingDivergedError(
                 f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
@@ -268,6 +277,27 @@ class Pretrainer:
             sequences=sum(inputs.shape[0] for inputs, _ in batches) * world,
             tokens=sum(inputs.numel() for inputs, _ in batches) * world,
         )
+
+    def _balance_trees(self) -> None:
+        """Move balancing FFF layers' routing offsets by this step's visit counts (summed over processes), and add
+        the counts to those of the next tree-health report."""
+        visits = take_routing_visits(self.model, lambda counts: all_reduce_sum(counts, self.context))
+        for layer, counts in visits:
+            if layer.routing_offset is not None:
+                move_routing_offsets(layer, counts)
+        if self.config.tree_health_every_steps > 0 and len(visits) == len(self.fff_layers):
+            counts = [counts for _, counts in visits]
+            previous = self.tree_visits
+            self.tree_visits = counts if previous is None else [a + b for a, b in zip(previous, counts, strict=True)]
+
+    def tree_health_report(self) -> tuple[dict[str, Any], str]:
+        """The tree health of the steps since the last report, as a metrics record and a progress-bar text (empty
+        when there is nothing to report), and a fresh start for the next one."""
+        visits, self.tree_visits = self.tree_visits, None
+        if not visits:
+            return {}, ""
+        health = [tree_health(counts.cpu(), layer.depth) for counts, layer in zip(visits, self.fff_layers, strict=True)]
+        return {"tree_health": health_record(health)}, health_postfix(health)
 
     def _gradient_norm(self) -> float:
         """Norm of all gradients together (as they were before clipping); clips them to ``clip_norm`` when set."""
@@ -316,6 +346,7 @@ class Pretrainer:
         previous_handlers = self._install_signal_handlers()
         started = time.perf_counter() - self.elapsed
         last_checkpoint = time.perf_counter()
+        trees = ""  # the last tree-health summary, kept in the progress bar between reports
         total = self.config.max_steps if self.config.max_steps is not None else None
         bar = tqdm(total=total, initial=self.step, disable=not self.context.is_main, unit="step", dynamic_ncols=True)
         interrupted = False
@@ -343,13 +374,18 @@ class Pretrainer:
                     record["skipped"] = True
                 if self.config.eval_every_steps and self.step % self.config.eval_every_steps == 0:
                     record |= self.evaluate()
-                if self.step % self.config.log_every_steps == 0 or "val_loss" in record:
+                every = self.config.tree_health_every_steps
+                if every > 0 and self.step % every == 0:
+                    health, trees = self.tree_health_report()
+                    record |= health
+                if self.step % self.config.log_every_steps == 0 or "val_loss" in record or "tree_health" in record:
                     self._log(record)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{stats.loss:.3f}",
                     tok_s=f"{record['tokens_per_second']:.0f}",
                     eta=_eta(progress, self.elapsed),
+                    **({"trees": trees} if trees else {}),
                 )
                 if broadcast_flag(self._stop_requested, self.context):
                     interrupted = True
