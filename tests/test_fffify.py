@@ -56,8 +56,7 @@ def tiny_bert(folder: Path, model_class: type = BertModel, **fields: object) -> 
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=FF_WIDTH,
-        max_position_embeddings=64,
-        **fields,
+        **{"max_position_embeddings": 64, **fields},
     )
     model = model_class(config).eval()
     model.save_pretrained(folder)
@@ -276,8 +275,21 @@ def bad_config(folder: Path, **changes: object) -> Path:
         ({}, ["--depth", "40"], "over a million"),
         ({}, ["--trees", "0"], "--trees"),
         ({}, ["--init", "kmeans"], "--init"),
+        ({}, ["--seq-len", "1"], "seq_len must be >= 3"),
+        ({}, ["--depth", "2", "--seq-len", "65"], "--seq-len 65 exceeds the model's max_position_embeddings=64"),
     ],
-    ids=["not-bert", "layout", "activation", "decoder", "deep-tree", "absurd-depth", "no-trees", "unknown-init"],
+    ids=[
+        "not-bert",
+        "layout",
+        "activation",
+        "decoder",
+        "deep-tree",
+        "absurd-depth",
+        "no-trees",
+        "unknown-init",
+        "one-token",
+        "beyond-positions",
+    ],
 )
 def test_bad_input_is_one_line_before_any_work(change, flags, message, tmp_path: Path, capsys) -> None:
     tiny_bert(tmp_path / "bert", BertForPreTraining if change.get("architectures") else BertModel)
@@ -314,6 +326,47 @@ def test_a_non_empty_output_folder_needs_overwrite_and_the_input_folder_is_refus
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit, match="input model's folder"):
         main([*args, "--output", str(tmp_path / "bert"), "--overwrite"])
+
+
+def test_the_output_and_input_folders_may_not_hold_one_another(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert")
+    args = ["fffify", "--model", str(tmp_path / "bert"), "--depth", "2", "--corpus", str(tmp_path / "missing.txt")]
+    with pytest.raises(SystemExit, match=r"--output \S+ lies inside the input model's folder"):
+        main([*args, "--output", str(tmp_path / "bert" / "fff")])
+    with pytest.raises(SystemExit, match=r"--output \S+ holds the input model"):
+        main([*args, "--output", str(tmp_path), "--overwrite"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bert"]
+
+
+def test_a_second_conversion_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    from ultrafastbert.train.run_folder import RunFolderError, run_folder_lock
+
+    tiny_bert(tmp_path / "bert")
+    texts = write_texts(tmp_path / "texts.txt", 100)
+    with run_folder_lock(tmp_path / "out"), pytest.raises(RunFolderError, match=rf"in use .* \(pid {os.getpid()}\)"):
+        fffify_job(tmp_path / "bert", tmp_path / "out", quick(corpus=(str(texts),)), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_sequence_length_fits_a_model_with_few_positions(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert", max_position_embeddings=16)
+    texts = write_texts(tmp_path / "texts.txt", 200)
+    config = quick(seq_len=None, layer_steps=2, corpus=(str(texts),), train_tokens=500, heldout_tokens=200)
+    record = fffify_job(tmp_path / "bert", tmp_path / "out", config, cache_dir=tmp_path / "cache", show_progress=False)
+    assert record["config"]["seq_len"] == 16
+
+
+def test_a_source_holding_nan_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    from ultrafastbert.model import CheckpointError
+
+    model = tiny_bert(tmp_path / "bert")
+    with torch.no_grad():
+        model.encoder.layer[1].attention.self.query.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "bert")
+    texts = write_texts(tmp_path / "texts.txt", 100)
+    with pytest.raises(CheckpointError, match=r"non-finite .*encoder\.layer\.1\.attention\.self\.query\.weight"):
+        fffify_job(tmp_path / "bert", tmp_path / "out", quick(corpus=(str(texts),)), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_crammedbert_folder_is_not_a_bert_to_convert(tmp_path: Path) -> None:

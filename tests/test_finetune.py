@@ -115,3 +115,45 @@ def test_results_are_written_whole(tmp_path):
     write_results([TaskResult("t", "accuracy", [seed])], tmp_path / "out")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.json", "out.md"]  # no temporaries left
     assert json.loads((tmp_path / "out.json").read_text())["tasks"][0]["median"]["validation"]["accuracy"] == 0.5
+
+
+def own_data_command(folder, tmp_path) -> list[str]:
+    """``finetune`` on a tiny CSV of the topic task (one seed, one epoch: seconds)."""
+    rng = random.Random(5)
+    rows = ["text,label", *(f"{sentence(rng, rng.choice(ANIMALS + TOOLS))},{label}" for label in ("x", "y") * 6)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    train = str(tmp_path / "train.csv")
+    return ["finetune", "--model", str(folder), "--train-file", train, "--validation-file", train, "--seeds", "0"]
+
+
+def test_a_second_finetune_into_a_folder_in_use_is_refused_naming_the_holder(pretrained, tmp_path):
+    import os
+
+    from ultrafastbert.cli import main
+    from ultrafastbert.train.run_folder import run_folder_lock
+
+    command = own_data_command(pretrained[0], tmp_path)
+    with run_folder_lock(tmp_path / "out"):
+        with pytest.raises(SystemExit, match=rf"in use by another run \(pid {os.getpid()}\)"):
+            main([*command, "--epochs", "1", "--output-dir", str(tmp_path / "out")])
+        assert [path.name for path in (tmp_path / "out").iterdir()] == [".run.lock"]  # nothing written
+
+
+def test_the_output_folder_may_not_be_hold_or_lie_inside_the_input_model(pretrained, tmp_path):
+    import shutil
+
+    from ultrafastbert.cli import main
+
+    model = tmp_path / "parent" / "model"
+    shutil.copytree(pretrained[0], model)
+    before = sorted(path.name for path in model.iterdir())
+    command = [*own_data_command(model, tmp_path), "--epochs", "1", "--overwrite", "--output-dir"]
+    for output, message in (
+        (model, "is the input model's folder"),
+        (tmp_path / "parent" / "model" / ".", "is the input model's folder"),
+        (model / "finetuned", "lies inside the input model's folder"),
+        (tmp_path / "parent", "holds the input model"),
+    ):
+        with pytest.raises(SystemExit, match=f"--output-dir .* {message}"):
+            main([*command, str(output)])
+    assert sorted(path.name for path in model.iterdir()) == before  # the model is as it was

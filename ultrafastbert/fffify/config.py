@@ -12,6 +12,9 @@ INIT_METHODS = ("split", "pca", "random")
 # A tree with more nodes than this many times the dense layer's neurons is bigger than the layer it replaces by a
 # wide margin: a typo in --depth rather than a model (depth 11 at width 1536 is 2.7x; depth 12 is 5.3x).
 MAX_NODES_PER_DENSE_NEURON = 4
+DEFAULT_SEQ_LEN = 128
+# [CLS], [SEP] and at least one token of text: shorter sequences hold nothing to distil on
+MIN_SEQ_LEN = 3
 
 
 @dataclass
@@ -55,7 +58,14 @@ class FffifyConfig:
     heldout_sentences: int = field(
         default=1000, metadata={"help": "held-out texts for embedding fidelity and retrieval", "check": positive}
     )
-    seq_len: int = field(default=128, metadata={"help": "tokens per text, longer ones truncated", "check": positive})
+    seq_len: int | None = field(
+        default=None,
+        metadata={
+            "help": f"tokens per text, longer ones truncated (default: {DEFAULT_SEQ_LEN}, or the model's "
+            "max_position_embeddings when smaller)",
+            "check": positive,
+        },
+    )
     init_tokens: int = field(
         default=16384, metadata={"help": "tokens the split/pca routing is chosen on", "check": positive}
     )
@@ -86,6 +96,10 @@ class FffifyConfig:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
         if self.e2e_steps < 0:
             raise ValueError(f"e2e_steps must be >= 0, got {self.e2e_steps}")
+        if self.seq_len is not None and self.seq_len < MIN_SEQ_LEN:
+            raise ValueError(
+                f"seq_len must be >= {MIN_SEQ_LEN} ([CLS], [SEP] and at least one token of text), got {self.seq_len}"
+            )
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
         check_fields(self)

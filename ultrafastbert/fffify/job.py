@@ -13,7 +13,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..cache import cache_root
 from ..data.corpus import Corpus, corpus_from_paths
 from ..model.tokenizer import load_tokenizer
 from ..train.jobs import check_output_folder
-from ..train.run_folder import publish_folder, staging_folder
+from ..train.run_folder import publish_folder, run_folder_lock, staging_folder
 from .config import FffifyConfig
 from .distill import (
     Batches,
@@ -37,7 +37,7 @@ from .distill import (
     tokenize,
 )
 from .init import initialise
-from .source import check_source, converted_skeleton, ff_modules, load_source
+from .source import check_source, converted_skeleton, ff_modules, load_source, sequence_length
 
 RECORD = "fffify.json"
 TOKENIZER_FILES = (
@@ -81,10 +81,27 @@ def fffify_job(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Convert the BERT in ``model_dir`` and save the FFF-BERT in ``output_dir``; returns the ``fffify.json``
-    record. ``ConversionError``/``ValueError``/``OSError`` name bad input before any work."""
+    record. ``ConversionError``/``ValueError``/``OSError`` name bad input before any work. ``output_dir`` is locked
+    while the job runs: a second job into it is refused (``RunFolderError`` naming this one's pid)."""
     started = time.monotonic()
     source = check_source(model_dir, config)
-    check_output_folder(output_dir, model_dir, overwrite)
+    config = replace(config, seq_len=sequence_length(source, config))
+    check_output_folder(output_dir, model_dir, overwrite, flag="--output")
+    with run_folder_lock(output_dir):
+        return _fffify_job(model_dir, output_dir, config, source, overwrite, cache_dir, show_progress, started)
+
+
+def _fffify_job(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    config: FffifyConfig,
+    source: dict[str, Any],
+    overwrite: bool,
+    cache_dir: str | Path | None,
+    show_progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    check_output_folder(output_dir, model_dir, overwrite, flag="--output")  # again, now that it is ours
     tokenizer = load_tokenizer(model_dir)
     train_texts, heldout_texts = conversion_texts(config, cache_dir)
     staging = staging_folder(output_dir)  # the check that the output can be written, before the work

@@ -13,7 +13,8 @@ from torch import nn
 
 from ..fff import nodes_per_tree
 from ..fff.layer import MAX_DEPTH
-from .config import MAX_NODES_PER_DENSE_NEURON, FffifyConfig
+from ..model.loading import check_finite_weights
+from .config import DEFAULT_SEQ_LEN, MAX_NODES_PER_DENSE_NEURON, FffifyConfig
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 # architecture in config.json -> the FFF-BERT class the converted model gets (same head, same parameter names)
@@ -81,9 +82,23 @@ def check_source(model_dir: str | Path, config: FffifyConfig) -> dict[str, Any]:
     return source
 
 
+def sequence_length(source: dict[str, Any], config: FffifyConfig) -> int:
+    """Tokens per text: ``--seq-len``, or ``DEFAULT_SEQ_LEN`` capped at the source's ``max_position_embeddings``;
+    ``ConversionError`` when ``--seq-len`` exceeds what the model accepts."""
+    limit = source.get("max_position_embeddings", 512)
+    if config.seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit)
+    if config.seq_len > limit:
+        raise ConversionError(
+            f"--seq-len {config.seq_len} exceeds the model's max_position_embeddings={limit} (the longest sequence "
+            "it accepts)"
+        )
+    return config.seq_len
+
+
 def load_source(model_dir: str | Path, source: dict[str, Any]) -> nn.Module:
     """The dense BERT of ``model_dir`` (the class its ``config.json`` names), in eval mode; ``ConversionError``
-    when its weights do not cover the encoder."""
+    when its weights do not cover the encoder, ``CheckpointError`` naming the tensors that hold NaN or infinity."""
     import transformers
     from safetensors import SafetensorError
 
@@ -98,6 +113,7 @@ def load_source(model_dir: str | Path, source: dict[str, Any]) -> nn.Module:
             f"{model_dir}'s weights do not fit its config.json: missing {missing[:5]}, mis-shaped "
             f"{[key for key, *_ in info.get('mismatched_keys', [])][:5]}"
         )
+    check_finite_weights(model, model_dir)  # a NaN in the source would spread to every distilled tree
     return model.eval()
 
 

@@ -53,7 +53,7 @@ from .finetune import (
     write_results,
 )
 from .pretrain import CHECKPOINTS, METRICS, Pretrainer, mlm_metrics
-from .run_folder import RunFolderError, publish_folder, run_folder_lock, staging_folder
+from .run_folder import LOCK, RunFolderError, publish_folder, run_folder_lock, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -202,17 +202,29 @@ RESULTS = "results"  # results.json and results.md in a finetuning output folder
 PREDICTIONS = "predictions.tsv"
 
 
-def check_output_folder(output_dir: str | Path, model_dir: str | Path, overwrite: bool) -> None:
-    """``RunFolderError`` unless ``output_dir`` may receive a finetuning run: absent, empty, or (``overwrite``)
-    replaced as a whole at the end; never the input model's own folder."""
-    output = Path(output_dir)
-    if output.exists() and output.resolve() == Path(model_dir).resolve():
-        raise RunFolderError(f"--output-dir {output} is the input model's folder; choose another folder")
-    if output.exists() and not output.is_dir():
-        raise RunFolderError(f"--output-dir {output} is a file, not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
+def check_output_folder(
+    output_dir: str | Path, model_dir: str | Path, overwrite: bool, flag: str = "--output-dir"
+) -> None:
+    """``RunFolderError`` unless ``output_dir`` may receive a new model folder: absent, empty (but for the lock of
+    the run writing it), or (``overwrite``) replaced as a whole at the end; never the input model's own folder,
+    one inside it, or one holding it (replacing that would delete the model being read). ``flag`` names the
+    output in the messages."""
+    output, model = Path(output_dir), Path(model_dir).resolve()
+    resolved = output.resolve()
+    if resolved == model:
+        raise RunFolderError(f"{flag} {output} is the input model's folder; choose another folder")
+    if resolved.is_relative_to(model):
+        raise RunFolderError(f"{flag} {output} lies inside the input model's folder {model_dir}; choose another folder")
+    if model.is_relative_to(resolved):
         raise RunFolderError(
-            f"--output-dir {output} is not empty: choose another folder or pass --overwrite to replace it (the old "
+            f"{flag} {output} holds the input model ({model_dir}), which replacing it would delete; choose another "
+            "folder"
+        )
+    if output.exists() and not output.is_dir():
+        raise RunFolderError(f"{flag} {output} is a file, not a folder")
+    if output.is_dir() and any(path.name != LOCK for path in output.iterdir()) and not overwrite:
+        raise RunFolderError(
+            f"{flag} {output} is not empty: choose another folder or pass --overwrite to replace it (the old "
             "folder stays until the new one is complete)"
         )
 
@@ -247,7 +259,23 @@ def finetune_job(
     Whatever can fail for a reason other than training itself fails before the first task trains: the model's
     config and tokenizer, ``max_length`` against the model, every task's name and data (all tasks are read first),
     and the output folder (it is built beside ``output_dir`` and renamed into place when complete, so a failure
-    or a kill leaves the old folder, or none). The results record the ``max_length`` actually used."""
+    or a kill leaves the old folder, or none). ``output_dir`` is locked while the job runs: a second job into it is
+    refused (:class:`RunFolderError` naming this one's pid). The results record the ``max_length`` actually used."""
+    check_output_folder(output_dir, model_dir, overwrite)
+    with run_folder_lock(output_dir):
+        return _finetune_job(model_dir, output_dir, config, tasks, glue_dir, cache_dir, user_files, overwrite)
+
+
+def _finetune_job(
+    model_dir: str,
+    output_dir: str,
+    config: FinetuneConfig,
+    tasks: Sequence[str],
+    glue_dir: str | None,
+    cache_dir: str | None,
+    user_files: UserFiles | None,
+    overwrite: bool,
+) -> list[TaskResult]:
     if bool(tasks) == (user_files is not None):
         raise ValueError("give either task names (--tasks) or your own files (--train-file ...), not both or none")
     model_config = AutoConfig.from_pretrained(model_dir)  # crammedBERT, FFF-BERT or BERT
