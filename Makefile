@@ -15,8 +15,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# the tests that run the compiled kernel: `make test` runs them a second time with the kernel built for AVX2
+# (ULTRAFASTBERT_KERNEL_ISA=avx2, x86-64-v3) where this CPU has it
+KERNEL_TESTS := tests/test_kernel.py tests/test_ops.py tests/test_fff.py
+HAS_AVX2 := $(PY) -c "import sys; from ultrafastbert.fff.kernels import cpu_supports; sys.exit(not cpu_supports('avx2'))"
+
 test: setup
 	$(PY) -m pytest -q tests
+	@if $(HAS_AVX2); then ULTRAFASTBERT_KERNEL_ISA=avx2 $(PY) -m pytest -q -m "not slow" $(KERNEL_TESTS); \
+	else echo "skipping the kernel tests built for AVX2: this CPU has no AVX2"; fi
 
 # everything but the tests marked slow (fresh processes, torchrun, the demo, anything over ~10 s)
 test-fast: setup

@@ -368,3 +368,32 @@ def test_unavailable_kernel_falls_back_with_one_warning(monkeypatch):
     layer.impl = "kernel"
     with pytest.raises(RuntimeError, match="impl='kernel' needs"):
         layer(x)
+
+
+def test_instruction_set_is_chosen_by_the_environment_and_keys_the_build(monkeypatch):
+    """``ULTRAFASTBERT_KERNEL_ISA`` picks the -march flag and names the build folder, so two builds never share
+    one; an unknown name or an instruction set the CPU lacks is a one-line error naming the variable."""
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags\t\t: fpu sse2 avx avx2 fma bmi1 bmi2 f16c movbe")
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(kernels.ISA_VARIABLE, raising=False)
+    assert kernels.isa() == "native" and "-march=native" in kernels.compiler_flags()
+    native_folder = kernels.build_directory()
+    monkeypatch.setenv(kernels.ISA_VARIABLE, "AVX2")
+    assert kernels.isa() == "avx2" and "-march=x86-64-v3" in kernels.compiler_flags()
+    avx2_folder = kernels.build_directory()
+    assert native_folder != avx2_folder and "avx2" in avx2_folder.name
+    monkeypatch.setenv(kernels.ISA_VARIABLE, "avx512")
+    with pytest.raises(ValueError, match="ULTRAFASTBERT_KERNEL_ISA=avx512: this CPU cannot run avx512 code"):
+        kernels.compiler_flags()
+    monkeypatch.setenv(kernels.ISA_VARIABLE, "sse9")
+    with pytest.raises(ValueError, match="'sse9' is not one of native, avx2, avx512"):
+        kernels.build_directory()
+
+
+def test_unknown_instruction_set_leaves_the_kernel_unavailable_with_one_warning(monkeypatch):
+    monkeypatch.setattr(kernels, "_available", None)
+    monkeypatch.setattr(kernels, "_failure", None)
+    monkeypatch.setenv(kernels.ISA_VARIABLE, "sse9")
+    with pytest.warns(RuntimeWarning, match="ULTRAFASTBERT_KERNEL_ISA='sse9' is not one of") as caught:
+        assert not kernels.available()
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)

@@ -185,24 +185,18 @@ inline void combine_shared_path(const Forward<T>& f, int64_t k, const int64_t* t
   }
   int64_t h = 0;
   for (; h + kChunk <= s.width; h += kChunk) {
-    vfloat acc[M][4];
-    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = vfloat{};
+    vfloat acc[M][kChunkVectors] = {};
     for (int64_t j = 0; j < levels; ++j) {
       const T* r = rows[j] + h;
-      const vfloat w0 = load(r);
-      const vfloat w1 = load(r + kLanes);
-      const vfloat w2 = load(r + 2 * kLanes);
-      const vfloat w3 = load(r + 3 * kLanes);
+      vfloat w[kChunkVectors];
+      for (int q = 0; q < kChunkVectors; ++q) w[q] = load(r + q * kLanes);
       for (int m = 0; m < M; ++m) {
         const vfloat c = broadcast(coef[m * levels + j]);
-        acc[m][0] += c * w0;
-        acc[m][1] += c * w1;
-        acc[m][2] += c * w2;
-        acc[m][3] += c * w3;
+        for (int q = 0; q < kChunkVectors; ++q) acc[m][q] += c * w[q];
       }
     }
     for (int m = 0; m < M; ++m) {
-      for (int q = 0; q < 4; ++q) sink_vector(sinks[m], h + q * kLanes, acc[m][q]);
+      for (int q = 0; q < kChunkVectors; ++q) sink_vector(sinks[m], h + q * kLanes, acc[m][q]);
     }
   }
   if (h < s.width) {

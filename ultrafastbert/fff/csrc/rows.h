@@ -13,13 +13,12 @@
 
 namespace ultrafastbert::fff {
 
-#ifdef __AVX512F__
-constexpr int kMaxBlock = 8;  // tokens per dot-product pass: 2*8 accumulators + loads fit 32 registers
-#else
-constexpr int kMaxBlock = 4;  // tokens per dot-product pass: 2*4 accumulators + loads fit 16 registers
-#endif
-
-constexpr int64_t kChunk = 4 * kLanes;  // output columns kept in registers while weight rows stream through
+// Tokens per dot-product pass: 2 accumulators per token plus the loads fit the registers (8 with 32, 4 with 16).
+constexpr int kMaxBlock = kVectorRegisters / 4;
+// Vectors of output columns kept in registers while weight rows stream through; combine_shared_path holds
+// kLeafRunTokens (4) rows of them plus one row of weights.
+constexpr int kChunkVectors = kVectorRegisters >= 32 ? 4 : 2;
+constexpr int64_t kChunk = kChunkVectors * kLanes;
 
 // z[b] = x[b] . w for B tokens sharing the weight row w, which is loaded once for all of them. Two
 // accumulator chains per token and one fixed reduction order, whatever B, so a token's logit does not depend
@@ -99,22 +98,13 @@ template <typename T, typename Emit, typename EmitScalar>
 inline void combine_chunk(const T* const* rows, const float* coef, int64_t count, int64_t h, int64_t end, Emit emit,
                           EmitScalar emit_scalar) {
   if (h + kChunk <= end) {
-    vfloat a0{};
-    vfloat a1{};
-    vfloat a2{};
-    vfloat a3{};
+    vfloat a[kChunkVectors] = {};
     for (int64_t j = 0; j < count; ++j) {
       const vfloat c = broadcast(coef[j]);
       const T* r = rows[j] + h;
-      a0 += c * load(r);
-      a1 += c * load(r + kLanes);
-      a2 += c * load(r + 2 * kLanes);
-      a3 += c * load(r + 3 * kLanes);
+      for (int q = 0; q < kChunkVectors; ++q) a[q] += c * load(r + q * kLanes);
     }
-    emit(h, a0);
-    emit(h + kLanes, a1);
-    emit(h + 2 * kLanes, a2);
-    emit(h + 3 * kLanes, a3);
+    for (int q = 0; q < kChunkVectors; ++q) emit(h + q * kLanes, a[q]);
     return;
   }
   for (; h + kLanes <= end; h += kLanes) {

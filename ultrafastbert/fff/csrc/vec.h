@@ -1,8 +1,10 @@
-// Vectors of 16 floats, their loads and stores for both element types, and the vectorised GELU.
+// Vectors of floats as wide as one register of the instruction set built for, their loads and stores for both
+// element types, and the vectorised GELU.
 //
-// GCC vector extensions: with -march=native one vfloat lowers to one AVX-512 register, two AVX2 registers or
-// four SSE ones, from the same source. bfloat16 is widened to float32 on load and rounded once on store; all
-// arithmetic is float32.
+// GCC vector extensions: one vfloat is one AVX-512 register (16 floats), one AVX2 register (8) or one SSE/NEON
+// register (4), from the same source. A vector wider than the target's registers would be legal C++, but GCC
+// lowers arrays of them through memory, which made the whole kernel about 3x slower when built for AVX2.
+// bfloat16 is widened to float32 on load and rounded once on store; all arithmetic is float32.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -19,16 +21,23 @@ namespace ultrafastbert::fff {
 // The kernel's two element types: float32 and bfloat16 (see dispatch_dtype in kernel.h).
 using bf16 = c10::BFloat16;
 
-constexpr int64_t kLanes = 16;  // floats per vfloat: one 64-byte cache line, one AVX-512 register
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;  // floats per vfloat: one AVX-512 register, one 64-byte cache line
+constexpr int kVectorRegisters = 32;
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;  // one AVX2 register
+constexpr int kVectorRegisters = 16;
+#else
+constexpr int64_t kLanes = 4;  // one SSE or NEON register
+constexpr int kVectorRegisters = 16;
+#endif
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef float vfloat_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef float vhalf __attribute__((vector_size(32)));
-typedef float vquarter __attribute__((vector_size(16)));
-typedef int32_t vint __attribute__((vector_size(64)));
-typedef uint32_t vuint __attribute__((vector_size(64)));
-typedef uint16_t vbf16 __attribute__((vector_size(32)));
-typedef uint16_t vbf16_u __attribute__((vector_size(32), aligned(2), may_alias));
+typedef float vfloat __attribute__((vector_size(kLanes * 4)));
+typedef float vfloat_u __attribute__((vector_size(kLanes * 4), aligned(4), may_alias));
+typedef int32_t vint __attribute__((vector_size(kLanes * 4)));
+typedef uint32_t vuint __attribute__((vector_size(kLanes * 4)));
+typedef uint16_t vbf16 __attribute__((vector_size(kLanes * 2)));
+typedef uint16_t vbf16_u __attribute__((vector_size(kLanes * 2), aligned(2), may_alias));
 
 inline vfloat load(const float* p) { return *reinterpret_cast<const vfloat_u*>(p); }
 
@@ -51,18 +60,13 @@ inline void store(bf16* p, vfloat v) {
   *reinterpret_cast<vbf16_u*>(p) = __builtin_convertvector(result, vbf16);
 }
 
-// Non-temporal store (64-byte aligned p): outputs written once go straight to memory, without first reading
-// the line in and without evicting the weights from cache.
+// Non-temporal store (p aligned to the vector's size): outputs written once go straight to memory, without
+// first reading the line in and without evicting the weights from cache.
 inline void store_stream(float* p, vfloat v) {
 #if defined(__AVX512F__)
   _mm512_stream_ps(p, reinterpret_cast<__m512&>(v));
 #elif defined(__AVX__)
-  vhalf lo;
-  vhalf hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  _mm256_stream_ps(p, reinterpret_cast<__m256&>(lo));
-  _mm256_stream_ps(p + 8, reinterpret_cast<__m256&>(hi));
+  _mm256_stream_ps(p, reinterpret_cast<__m256&>(v));
 #else
   store(p, v);
 #endif
@@ -77,19 +81,14 @@ inline void store_fence() {
 
 inline vfloat broadcast(float s) { return vfloat{} + s; }
 
-// Sum of the 16 lanes, always in the same tree order.
+// Sum of the lanes, always in the same tree order: halves folded onto each other down to four lanes.
 inline float horizontal_sum(vfloat v) {
-  vhalf lo;
-  vhalf hi;
-  std::memcpy(&lo, &v, sizeof(lo));
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
-  const vhalf h = lo + hi;
-  vquarter a;
-  vquarter b;
-  std::memcpy(&a, &h, sizeof(a));
-  std::memcpy(&b, reinterpret_cast<const char*>(&h) + sizeof(a), sizeof(b));
-  const vquarter q = a + b;
-  return (q[0] + q[2]) + (q[1] + q[3]);
+  float lanes[kLanes];
+  std::memcpy(lanes, &v, sizeof(v));
+  for (int64_t half = kLanes / 2; half >= 4; half /= 2) {
+    for (int64_t i = 0; i < half; ++i) lanes[i] += lanes[i + half];
+  }
+  return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
 }
 
 inline float to_float(float v) { return v; }
