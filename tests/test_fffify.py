@@ -369,6 +369,24 @@ def test_a_source_holding_nan_is_refused_naming_the_tensor(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
+def test_fill_mask_and_evaluate_open_a_converted_masked_lm(tmp_path: Path, capsys) -> None:
+    tiny_bert(tmp_path / "bert", BertForMaskedLM)
+    texts = write_texts(tmp_path / "texts.txt", 200)
+    config = quick(layer_steps=2, corpus=(str(texts),), train_tokens=500, heldout_tokens=200)
+    fffify_job(tmp_path / "bert", tmp_path / "out", config, cache_dir=tmp_path / "cache", show_progress=False)
+    capsys.readouterr()
+    assert main(["fill-mask", "--model", str(tmp_path / "out"), "--top-k", "2", "the [MASK] runs fast"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["mask 0", "1"], ["mask 0", "2"]]
+    assert all(line.split("\t")[2] in WORDS + ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"] for line in lines)
+    evaluate = ["evaluate", "--model", str(tmp_path / "out"), "--corpus", str(texts), "--seq-len", "32"]
+    assert main([*evaluate, "--cache-dir", str(tmp_path / "cache"), "--max-sequences", "4"]) == 0
+    loss = float(capsys.readouterr().out.split("validation MLM loss ")[1].split(",")[0])
+    assert 0 < loss < 20
+    with pytest.raises(SystemExit, match="not valid UTF-8"):
+        main(["fill-mask", "--model", str(tmp_path / "out"), "the [MASK] \udcff runs"])
+
+
 def test_a_crammedbert_folder_is_not_a_bert_to_convert(tmp_path: Path) -> None:
     from model_helpers import tiny_pretrained
 

@@ -82,14 +82,15 @@ def test_three_class_csv_to_a_saved_classifier_that_the_auto_class_pipeline_and_
     args = ["finetune", "--model", str(pretrained), "--train-file", str(train), "--validation-file", str(validation)]
     args += ["--test-file", str(test), "--text-column", "review", "--label-column", "topic"]
     assert main([*args, "--output-dir", str(out), "--seeds", "0", "1", *FAST]) == 0
-    assert "| train | accuracy |" in capsys.readouterr().out
+    name = tmp_path.name  # train.csv is named after its folder
+    assert f"| {name} | accuracy |" in capsys.readouterr().out
 
     results = json.loads((out / "results.json").read_text())
     task = results["tasks"][0]
-    assert task["task"] == "train" and task["kept_seed"] in (0, 1) and len(task["seeds"]) == 2
+    assert task["task"] == name and task["kept_seed"] in (0, 1) and len(task["seeds"]) == 2
     kept = next(seed for seed in task["seeds"] if seed["seed"] == task["kept_seed"])
     assert kept["metrics"]["validation"]["accuracy"] > 0.6  # chance is about 1/3
-    assert results["labels"]["train"]["labels"] == ["animal", "colour", "tool"]
+    assert results["labels"][name]["labels"] == ["animal", "colour", "tool"]
 
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert model.config.id2label == {0: "animal", 1: "colour", 2: "tool"} and model.config.label2id["tool"] == 2

@@ -112,11 +112,11 @@ def _add_fill_mask(fill: argparse.ArgumentParser) -> None:
     fill.add_argument("text", help='text with one or more <mask>, e.g. "paris is the <mask> of france"')
 
     def run(args: argparse.Namespace) -> int:
-        from .model import CrammedBertForMaskedLM, load_tokenizer
-        from .model.inference import fill_mask
+        from .model import load_tokenizer
+        from .model.inference import fill_mask, load_masked_lm
 
         tokenizer = load_tokenizer(args.model)
-        model = CrammedBertForMaskedLM.from_pretrained(args.model).eval()
+        model = load_masked_lm(args.model)
         predictions = fill_mask(model, tokenizer, args.text, top_k=args.top_k)
         for index, candidates in enumerate(predictions):
             for rank, candidate in enumerate(candidates, start=1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -238,6 +239,18 @@ def _examples(
     return examples
 
 
+SPLIT_WORD = re.compile(r"(?:^|[-_. ])(?:train|training|trn)(?=$|[-_. ])", re.IGNORECASE)
+
+
+def default_task_name(train_file: str | Path) -> str:
+    """A task's name from its training file: the file's name less its extension and a split word
+    (``reviews_train.csv`` -> ``reviews``), or the folder's name when nothing else is left (``reviews/train.csv``
+    -> ``reviews``)."""
+    path = Path(train_file)
+    name = SPLIT_WORD.sub("", path.stem).strip("-_. ")
+    return name or path.resolve().parent.name or "task"
+
+
 def load_user_task(
     train_file: str | Path,
     validation_file: str | Path,
@@ -249,7 +262,7 @@ def load_user_task(
     """A classification or regression task from your files; every check runs here, before any training.
 
     The test file's labels are optional: without the label column its records are predicted, not scored.
-    ``name`` defaults to the training file's name without extension."""
+    ``name`` defaults to :func:`default_task_name` of the training file."""
     if task_type not in ("auto", "classification", "regression"):
         raise UserDataError(f"unknown task_type {task_type!r}; choose auto, classification or regression")
     if columns.text_pair is not None and columns.text_pair in (columns.text, columns.label):
@@ -277,7 +290,7 @@ def load_user_task(
         for split, split_rows in rows.items()
     }
     return TaskData(
-        name=name or paths["train"].stem,
+        name=name or default_task_name(paths["train"]),
         train=splits["train"],
         validation=splits["validation"],
         test=splits.get("test", []) if test_labelled else [],

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
-
-from .modeling import CrammedBertForMaskedLM
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -31,11 +29,16 @@ class ClassPrediction:
 
 @torch.inference_mode()
 def fill_mask(
-    model: CrammedBertForMaskedLM, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, top_k: int = 5
 ) -> list[list[TokenPrediction]]:
-    """The ``top_k`` most probable tokens for every ``<mask>`` in ``text``, in order of the masks."""
+    """The ``top_k`` most probable tokens for every ``<mask>`` in ``text``, in order of the masks; ``model`` is any
+    masked LM of :func:`load_masked_lm`."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 in the command line arrive as lone surrogates
+        raise ValueError("the text is not valid UTF-8: check the terminal's or the file's encoding") from None
     mask_token = tokenizer.mask_token
     if mask_token is None or mask_token not in text:
         raise ValueError(f"text must contain the mask token {mask_token!r}: {text!r}")
@@ -86,6 +89,22 @@ def classify(
             for probability, index in zip(best.values, best.indices, strict=True)
         ]
     return predictions
+
+
+# the weights of BERT's (and FFF-BERT's) masked-LM head; crammedBERT's decoder is tied to its embedding
+MASKED_LM_HEAD_PREFIX = "cls."
+
+
+def load_masked_lm(folder: str) -> nn.Module:
+    """The masked LM saved in ``folder`` (crammedBERT, FFF-BERT or BERT, by its ``config.json``), in eval mode; a
+    ``ValueError`` when the folder holds no trained masked-LM head (a bare encoder or a classifier of BERT's
+    layout), which would otherwise predict with random weights."""
+    model, info = AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if key.startswith(MASKED_LM_HEAD_PREFIX)]
+    if missing:
+        saved = ", ".join(model.config.architectures or []) or "no recorded architecture"
+        raise ValueError(f"{folder} holds no trained masked-LM head ({saved}; missing {', '.join(sorted(missing))})")
+    return model.eval()
 
 
 # the weights a sequence classifier adds to the encoder (crammedBERT: pooler., head.; BERT/FFF-BERT: classifier.)

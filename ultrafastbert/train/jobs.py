@@ -38,6 +38,7 @@ from ..model import AutoConfig
 from ..model.configuration import CrammedBertConfig
 from ..model.convert import model_class_for
 from ..model.health import model_tree_health
+from ..model.inference import load_masked_lm
 from ..model.modeling import CrammedBertForMaskedLM
 from ..model.tokenizer import load_tokenizer
 from .checkpointing import holds_checkpoints
@@ -359,9 +360,10 @@ def check_sequences(model_config: CrammedBertConfig, seq_len: int, max_sequences
 
 
 def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512) -> dict:
-    """Masked-LM loss and accuracy of a saved model on a corpus's validation split (fixed masks)."""
+    """Masked-LM loss and accuracy of a saved masked LM (crammedBERT, FFF-BERT or BERT) on a corpus's validation
+    split (fixed masks)."""
     tokenizer = load_tokenizer(model_dir)
-    model = CrammedBertForMaskedLM.from_pretrained(model_dir)
+    model = load_masked_lm(model_dir)
     check_sequences(model.config, seq_len, max_sequences)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
     return mlm_metrics(model, validation, MLMCollator(tokenizer).mask_rows, 32, max_sequences=max_sequences)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..fff import FFF
 from ..fff.balance import move_routing_offsets, take_routing_visits
 from ..model.health import health_postfix, health_record, tree_health
-from ..model.modeling import CrammedBertScaledSinusoidalPositions
+from ..model.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
@@ -108,7 +108,10 @@ def mlm_metrics(
         inputs, labels = inputs.to(device), labels.to(device)
         labelled = labels != -100
         targets, was_replaced = labels[labelled], (inputs != labels)[labelled]
-        predictions = model(input_ids=inputs, labels=labels, sparse_prediction=True).logits.float()
+        if isinstance(model, CrammedBertForMaskedLM):  # its decoder runs on the masked positions only
+            predictions = model(input_ids=inputs, labels=labels, sparse_prediction=True).logits.float()
+        else:  # another masked LM (a converted BERT): the full logits, read at the masked positions
+            predictions = model(input_ids=inputs).logits[labelled].float()
         loss_sum += nn.functional.cross_entropy(predictions, targets, reduction="sum").item()
         hits = predictions.argmax(-1) == targets
         correct += int(hits.sum())
