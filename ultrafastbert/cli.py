@@ -277,7 +277,7 @@ def _add_fffify(fffify: argparse.ArgumentParser) -> None:
     add_flags(fffify.add_argument_group("conversion"), FffifyConfig)
 
     def run(args: argparse.Namespace) -> int:
-        from .fffify.job import fffify_job
+        from .fffify.job import fffify_job, report_lines
         from .train.run_folder import RunFolderError
 
         try:
@@ -285,13 +285,7 @@ def _add_fffify(fffify: argparse.ArgumentParser) -> None:
             record = fffify_job(args.model, args.output, config, overwrite=args.overwrite, cache_dir=args.cache_dir)
         except RunFolderError as error:
             raise SystemExit(f"ultrafastbert fffify: error: {error}") from None
-        r2 = [layer.get("r2_heldout_after_e2e", layer["r2_heldout"]) for layer in record["layers"]]
-        embedding = record["embedding"]
-        print(
-            f"{record['architecture']} {record['shape']} saved to {args.output} in {record['seconds']['total']:.0f} s: "
-            f"held-out FF R^2 per layer {' '.join(f'{value:.3f}' for value in r2)}; sentence-embedding cosine to "
-            f"the dense model {embedding['cosine_mean']:.3f} (mean)"
-        )
+        print("\n".join(report_lines(record, args.output)))
         return 0
 
     fffify.set_defaults(handler=run)
@@ -300,22 +294,29 @@ def _add_fffify(fffify: argparse.ArgumentParser) -> None:
 def _add_validation_text_flags(parser: argparse.ArgumentParser, model_help: str, max_sequences: int) -> None:
     """The flags of the commands that run a saved model on a corpus's validation split."""
     parser.add_argument("--model", required=True, type=model_folder, help=model_help)
-    parser.add_argument("--corpus", nargs="*", default=[], help="text files (default: the embedded corpus)")
-    parser.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sequence")
+    parser.add_argument(
+        "--corpus",
+        nargs="*",
+        default=[],
+        help="text files (default: the model's pretraining text as its folder records it, else the embedded corpus)",
+    )
+    parser.add_argument(
+        "--seq-len", type=positive_int, help="tokens per sequence (default: the model's pretraining length, else 128)"
+    )
     parser.add_argument("--max-sequences", type=positive_int, default=max_sequences, help="validation sequences used")
     parser.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
 
 
 def _validation_text(args: argparse.Namespace):
-    """(corpus, cache folder) of the flags ``_add_validation_text_flags`` added."""
-    from pathlib import Path
-
+    """(corpus, sequence length, cache folder) of the flags ``_add_validation_text_flags`` added; prints which
+    corpus it is."""
     from .cache import cache_root
-    from .train.config import PretrainJob
-    from .train.jobs import load_corpus_for
+    from .train.jobs import evaluation_corpus, recorded_seq_len
 
     cache = Path(args.cache_dir) if args.cache_dir else cache_root()
-    return load_corpus_for(PretrainJob(output_dir="", corpus=args.corpus), cache), cache
+    corpus, description = evaluation_corpus(args.model, args.corpus, cache)
+    print(description, flush=True)
+    return corpus, args.seq_len or recorded_seq_len(args.model) or 128, cache
 
 
 def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
@@ -324,8 +325,8 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         from .train.jobs import mlm_validation
 
-        corpus, cache = _validation_text(args)
-        metrics = mlm_validation(args.model, corpus, args.seq_len, cache, args.max_sequences)
+        corpus, seq_len, cache = _validation_text(args)
+        metrics = mlm_validation(args.model, corpus, seq_len, cache, args.max_sequences)
         print(
             f"validation MLM loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f} "
             f"({metrics['val_accuracy_replaced']:.4f} on replaced tokens) over {metrics['val_masked_tokens']} "
@@ -389,8 +390,8 @@ def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         from .train.jobs import tree_health_report
 
-        corpus, cache = _validation_text(args)
-        print(tree_health_report(args.model, corpus, args.seq_len, cache, args.max_sequences))
+        corpus, seq_len, cache = _validation_text(args)
+        print(tree_health_report(args.model, corpus, seq_len, cache, args.max_sequences))
         return 0
 
     inspect.set_defaults(handler=run)
@@ -473,7 +474,38 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         )
         if commands is None or name in commands:
             add(command)
+            _add_output_flags(command, threads=name in THREADED_COMMANDS)
     return parser
+
+
+# the commands that take --threads here (the benchmarks have their own, with one pass per thread count)
+THREADED_COMMANDS = ("pretrain", "finetune", "classify", "fffify", "fill-mask", "evaluate", "inspect", "demo", "study")
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, threads: bool) -> None:
+    """``--quiet`` on every command; ``--threads`` on those that run a model."""
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress or status lines on stderr: results and warnings only"
+    )
+    if threads:
+        from .bench.timing import thread_count
+
+        parser.add_argument(
+            "--threads", type=flag_type(thread_count), help="torch threads, or 'all' (default: torch's own)"
+        )
+
+
+def _apply_output_flags(args: argparse.Namespace) -> None:
+    """What ``_add_output_flags`` asked for: quiet or not (this package's log lines go to stderr either way), and
+    torch's thread count."""
+    from .progress import set_quiet, show_package_logs
+
+    set_quiet(args.quiet)
+    show_package_logs()
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _work_offline() -> None:
@@ -488,6 +520,21 @@ def _work_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+def _hush_libraries() -> None:
+    """transformers' own reports stay out of this program's output unless the environment asks for them: its
+    progress bars (loading and writing weights) and its warnings, such as the load-report table of a model's
+    missing keys. This package's loader raises on a checkpoint that does not fit, naming the keys, instead."""
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:  # imported already: it read the environment before
+        from transformers.utils import logging as transformers_logging
+
+        if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+            transformers_logging.set_verbosity_error()
+        if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+            transformers_logging.disable_progress_bar()
+
+
 def _is_user_error(error: BaseException) -> bool:
     """Errors that report bad input (flags, files, checkpoints, configs) rather than a bug in this program."""
     from huggingface_hub.errors import StrictDataclassError
@@ -498,8 +545,10 @@ def _is_user_error(error: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _work_offline()
+    _hush_libraries()
     command = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser(commands=[command] if command else []).parse_args(argv)
+    _apply_output_flags(args)
     try:
         return args.handler(args)
     except Exception as error:

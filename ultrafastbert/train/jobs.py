@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -41,6 +43,7 @@ from ..model.health import model_tree_health
 from ..model.inference import load_masked_lm
 from ..model.modeling import CrammedBertForMaskedLM
 from ..model.tokenizer import load_tokenizer
+from ..progress import status
 from .checkpointing import holds_checkpoints
 from .config import PretrainJob
 from .distributed import DistributedContext, barrier, init_distributed, shutdown
@@ -63,13 +66,23 @@ MODEL = "model"
 FINAL = "final.json"
 
 
-def save_model_folder(model: Any, tokenizer: Any, destination: str | Path) -> None:
-    """``save_pretrained`` of the model and its tokenizer into ``destination``, built beside it and renamed into
-    place: a kill at any instant leaves the previous folder (or none), never a model without its tokenizer."""
+# a final batch above this many sequences is GPU scale: pretraining on a CPU warns
+CPU_BATCH = 512
+PRETRAINING = "pretraining.json"  # in a pretrained model folder: the text it learned from (read by evaluate)
+
+
+def save_model_folder(
+    model: Any, tokenizer: Any, destination: str | Path, pretraining: dict[str, Any] | None = None
+) -> None:
+    """``save_pretrained`` of the model and its tokenizer (and ``pretraining`` as ``pretraining.json``) into
+    ``destination``, built beside it and renamed into place: a kill at any instant leaves the previous folder (or
+    none), never a model without its tokenizer."""
     staging = staging_folder(destination)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if pretraining is not None:
+            (staging / PRETRAINING).write_text(json.dumps(pretraining, indent=2) + "\n")
         publish_folder(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -79,6 +92,40 @@ def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
     if job.corpus:
         return corpus_from_paths(job.corpus, cache)
     return prepare_default_data(cache).corpus
+
+
+def _pretraining_record(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / PRETRAINING
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def recorded_seq_len(model_dir: str | Path) -> int | None:
+    """The sequence length the model in ``model_dir`` was pretrained with, when its folder records it."""
+    return _pretraining_record(model_dir).get("seq_len")
+
+
+def evaluation_corpus(model_dir: str | Path, corpus: Sequence[str], cache: Path) -> tuple[Corpus, str]:
+    """The corpus to score a pretrained model on, and a line saying which it is: ``corpus`` when given, else the
+    text the model was pretrained on as its folder records it (``pretraining.json``), else the embedded corpus.
+    A ``ValueError`` when the recorded files are gone."""
+    if corpus:
+        return corpus_from_paths(corpus, cache), f"corpus: {' '.join(corpus)} (--corpus)"
+    record = _pretraining_record(model_dir)
+    if "corpus" not in record:
+        return prepare_default_data(cache).corpus, (
+            "corpus: the embedded corpus (the model folder does not record its pretraining text; --corpus FILES "
+            "scores other text)"
+        )
+    recorded = record["corpus"]
+    if not recorded:
+        return prepare_default_data(cache).corpus, "corpus: the embedded corpus, the model's pretraining text"
+    missing = [path for path in recorded if not Path(path).exists()]
+    if missing:
+        raise ValueError(
+            f"the model was pretrained on {' '.join(recorded)} (as {Path(model_dir) / PRETRAINING} records), and "
+            f"{' '.join(missing)} is not there now: give the text to score with --corpus FILES"
+        )
+    return corpus_from_paths(recorded, cache), f"corpus: {' '.join(recorded)}, the model's pretraining text"
 
 
 def claim_run_folder(job: PretrainJob) -> None:
@@ -124,9 +171,25 @@ def pretrain_job(job: PretrainJob, context: DistributedContext | None = None) ->
 
 def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     cache = Path(job.cache_dir) if job.cache_dir else cache_root()
+    if context.is_main and context.device.type == "cpu" and job.train.final_batch > CPU_BATCH:
+        passes = math.ceil(job.train.final_batch / (job.train.micro_batch * context.world_size))
+        logger.warning(
+            "warning: --batch %d is the recipe's GPU-scale optimizer step: %d forward and backward passes of "
+            "--micro-batch %d, minutes per step on a CPU. CPU runs fit --micro-batch 32 --batch 64 (and --vocab-size "
+            "8192); --max-minutes holds either way.",
+            job.train.final_batch,
+            passes,
+            job.train.micro_batch,
+        )
     # rank 0 builds the caches (corpus, tokenizer, packed sequences) first; the others then read them
     if not context.is_main:
         barrier(context)
+    else:
+        status(
+            "preparing the data: corpus, tokenizer, packed sequences (built once and cached; the embedded corpus is "
+            "fetched on first use, about a minute)"
+        )
+    data_started = time.monotonic()
     corpus = load_corpus_for(job, cache)
     tokenizer = (
         load_tokenizer(job.tokenizer)
@@ -136,6 +199,10 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     train_data = packed_dataset(corpus, tokenizer, "train", job.seq_len, cache)
     validation_data = packed_dataset(corpus, tokenizer, "validation", job.seq_len, cache)
     if context.is_main:
+        status(
+            f"data ready in {time.monotonic() - data_started:.0f} s: {len(train_data):,} training sequences of "
+            f"{job.seq_len} tokens, vocabulary {len(tokenizer):,}"
+        )
         barrier(context)
     model_config = CrammedBertConfig.from_preset(
         job.preset,
@@ -172,7 +239,8 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     final = trainer.run()
     if context.is_main:
         model_dir = Path(job.output_dir) / MODEL
-        save_model_folder(model, tokenizer, model_dir)
+        pretraining = {"corpus": [str(Path(path).resolve()) for path in job.corpus], "seq_len": job.seq_len}
+        save_model_folder(model, tokenizer, model_dir, pretraining)
         final |= {
             "model_dir": str(model_dir),
             "sequences": len(train_data),
@@ -288,7 +356,7 @@ def _finetune_job(
     try:
         results = []
         for task in loaded:
-            logger.info("%s", task.summary())
+            status(task.summary())
             result, model = finetune_task(model_dir, task, tokenizer, config, keep_model=True)
             results.append(result)
             folder = staging if user_files is not None else staging / task.name
@@ -305,6 +373,7 @@ def _finetune_job(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(results_table(results))
+    status(f"wrote {output_dir}")
     return results
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..fff import FFF
 from ..fff.balance import move_routing_offsets, take_routing_visits
 from ..model.health import health_postfix, health_record, tree_health
 from ..model.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
+from ..progress import progress as progress_bar
 from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
@@ -177,6 +177,7 @@ class Pretrainer:
         self.tree_visits: list[Tensor] | None = None
         for layer in self.fff_layers:
             layer.record_visits = config.tree_health_every_steps > 0
+        self.dropped_micro_batches: tuple[int, int] | None = None  # (done, planned) of a step the budget ended
 
     # --- state ---------------------------------------------------------------------------------------------
     def _checkpoint_config(self) -> dict[str, Any]:
@@ -229,8 +230,12 @@ class Pretrainer:
             yield self.masker(ids, mask_generators(self.config.seed, positions))
             self.position += micro * world
 
-    def train_step(self, progress: float) -> StepStats:
+    def train_step(self, progress: float, out_of_time: Callable[[], bool] | None = None) -> StepStats | None:
+        """One optimizer step at ``progress`` of the budget. ``out_of_time`` is asked between micro-batches (all
+        ranks act on one answer): when it says so the step is dropped, nothing updated and no sequence consumed,
+        and ``None`` returned, so a time budget holds within a step of many micro-batches."""
         accumulation = self.ramp.accumulation_steps(progress)
+        start_position = self.position
         lr = self.config.lr * self.schedule.factor(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -246,6 +251,11 @@ class Pretrainer:
         self.ddp_model.train()
         loss_sum = torch.zeros((), device=self.context.device)
         for index, ((inputs, labels), count) in enumerate(zip(batches, local_counts, strict=True)):
+            if index and out_of_time is not None and broadcast_flag(out_of_time(), self.context):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.position = start_position
+                self.dropped_micro_batches = (index, len(batches))
+                return None
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
             with sync, torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
@@ -348,10 +358,15 @@ class Pretrainer:
                 logger.info("removed %s, left by a process that no longer runs", path)
         previous_handlers = self._install_signal_handlers()
         started = time.perf_counter() - self.elapsed
+        max_seconds = self.budget.max_seconds
+
+        def out_of_time() -> bool:
+            return max_seconds is not None and time.perf_counter() - started >= max_seconds
+
         last_checkpoint = time.perf_counter()
         trees = ""  # the last tree-health summary, kept in the progress bar between reports
         total = self.config.max_steps if self.config.max_steps is not None else None
-        bar = tqdm(total=total, initial=self.step, disable=not self.context.is_main, unit="step", dynamic_ncols=True)
+        bar = progress_bar(total, "pretraining", "step", initial=self.step, enabled=self.context.is_main, leave=True)
         interrupted = False
         try:
             while True:
@@ -360,8 +375,17 @@ class Pretrainer:
                 if progress >= 1.0:
                     break
                 step_started = time.perf_counter()
-                stats = self.train_step(progress)
+                stats = self.train_step(progress, out_of_time)
                 self.elapsed = time.perf_counter() - started
+                if stats is None:
+                    done, planned = self.dropped_micro_batches or (0, 0)
+                    logger.info(
+                        "the time budget ran out within step %d (%d of %d micro-batches done): that step was dropped",
+                        self.step + 1,
+                        done,
+                        planned,
+                    )
+                    break
                 record = {
                     "step": self.step,
                     # strict JSON has no NaN: a non-finite value (a skipped step) is written as null
