@@ -13,6 +13,9 @@ One module, several execution paths with one semantics (``docs/design.md`` §1),
   float32/bfloat16 when the kernel is built, ``"triton"`` on CUDA for float32/bfloat16 when Triton is installed,
   else ``"sparse"`` (with grad) or ``"walk"`` (without).
 
+While ``torch.onnx.export`` traces the layer, every path but ``"reference"`` computes ``onnx.gather_fff``, which
+ONNX can hold (the compiled ops cannot).
+
 With ``balance_rate > 0`` the layer keeps its trees balanced without a loss (``docs/design.md`` §1): a per-node
 ``routing_offset`` buffer (float32, not trained by gradient, saved in the state dict) is added to the logits for
 the routing decision only, and ``balance.update_routing_offsets`` moves it after each optimizer step from the visit
@@ -30,8 +33,9 @@ from torch import Tensor, nn
 from torch.compiler import is_compiling
 
 from . import kernels, ops
+from .onnx import exporting_to_onnx, gather_fff
 from .ops import KERNEL_DTYPES, TRITON_DEVICES
-from .reference import fff_reference, neurons_per_token, nodes_per_tree, visited_nodes_reference
+from .reference import fff_reference, neurons_per_token, nodes_per_tree, tree_offsets, visited_nodes_reference
 from .sparse import sparse_fff, walk_forward
 
 IMPLEMENTATIONS = ("auto", "reference", "sparse", "walk", "kernel", "triton")
@@ -50,6 +54,28 @@ def check_impl(impl: str, name: str = "FFF impl") -> str:
     return impl
 
 
+def routing_balance_loss(x: Tensor, weight_in: Tensor, bias_in: Tensor, nodes: Tensor, depth: int) -> Tensor:
+    """Load-balancing loss of one forward (the mixture-of-experts auxiliary loss, per tree node): over the internal
+    nodes the tokens of ``x`` ``(N, H)`` visited (``nodes`` ``(N, K, D+1)``), the sum of ``(share_right - 1/2) *
+    mean(sigmoid(logit))`` weighted by each node's share of the visits. The hard shares are constants; the gradient
+    lowers the logits at a node that sends more than half of its tokens right and raises them where fewer go."""
+    tokens, trees = nodes.shape[0], nodes.shape[1]
+    dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    internal = nodes[:, :, :depth]  # (N, K, D)
+    gathered = internal.reshape(tokens, -1)
+    logits = torch.einsum("nh,nvh->nv", x.to(dtype), weight_in[gathered].to(dtype)) + bias_in[gathered].to(dtype)
+    flat = gathered.reshape(-1)
+    rows = weight_in.shape[0]
+    with torch.no_grad():
+        local = nodes - tree_offsets(trees, depth, nodes.device).view(1, trees, 1)
+        went_right = (local[:, :, 1:] - 2 * local[:, :, :depth] - 1).reshape(-1).to(dtype)  # 1 right, 0 left
+        reached = torch.bincount(flat, minlength=rows).to(dtype).clamp_min(1)
+        share_right = torch.zeros(rows, dtype=dtype, device=x.device).index_add_(0, flat, went_right) / reached
+    sigmoid_sum = torch.zeros(rows, dtype=dtype, device=x.device).index_add(0, flat, torch.sigmoid(logits).reshape(-1))
+    # sum over nodes of (share_right - 1/2) * mean sigmoid * visits / all visits
+    return ((share_right - 0.5) * sigmoid_sum).sum() / max(flat.numel(), 1)
+
+
 def check_balance_rate(rate: float, name: str = "FFF balance_rate") -> float:
     """``rate`` if it is a finite number >= 0 (a routing offset step), else a one-line ``ValueError`` naming it."""
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (math.isfinite(rate) and rate >= 0):
@@ -64,7 +90,8 @@ class FFF(nn.Module):
     ``linear_out`` (``width`` x ``K*n``, no bias), tree ``k`` owning node rows ``[k*n, (k+1)*n)`` in heap order.
     ``width``, ``depth`` and ``trees`` are integers; ``depth`` is at most ``MAX_DEPTH`` (20). ``balance_rate``
     (>= 0) is the step by which ``balance.update_routing_offsets`` moves each node's routing offset; 0 keeps the
-    published layer (no offset).
+    published layer (no offset). ``balance_loss`` (>= 0) weighs an auxiliary load-balancing loss that training
+    forwards leave in ``routing_loss`` (``balance.routing_balance_loss``); 0: none.
     """
 
     def __init__(
@@ -77,9 +104,11 @@ class FFF(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         balance_rate: float = 0.0,
+        balance_loss: float = 0.0,
     ) -> None:
         super().__init__()
         check_balance_rate(balance_rate)
+        check_balance_rate(balance_loss, "FFF balance_loss")
         for name, value in (("width", width), ("depth", depth), ("trees", trees)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"FFF {name} must be an integer, got {value!r}")
@@ -101,6 +130,9 @@ class FFF(nn.Module):
         # training). A plain attribute, not a buffer: DDP would broadcast rank 0's counts over the others'.
         self.routing_visits: Tensor | None = None
         self.record_visits = False
+        # The load-balancing loss of the training forwards since ``balance.take_routing_loss`` last took it.
+        self.balance_loss = float(balance_loss)
+        self.routing_loss: Tensor | None = None
         self.impl = impl
         self._weight_out_t_cache: tuple | None = None
         self.reset_parameters()
@@ -156,6 +188,7 @@ class FFF(nn.Module):
                 and shape[-1] == self.width
                 and not (torch.is_grad_enabled() and self._needs_grad(x))
                 and kernels.available()
+                and not exporting_to_onnx()
             ):
                 weight_out_t = self._weight_out_t(weight_out)
                 if len(shape) == 2:
@@ -165,17 +198,22 @@ class FFF(nn.Module):
         self._check_input(x, weight_in)
         impl = self.resolve_impl(x)
         needs_grad = self._needs_grad(x)
-        record = (offset is not None or self.record_visits) and self.training and needs_grad
+        training = self.training and needs_grad
+        record = (offset is not None or self.record_visits) and training
+        auxiliary = self.balance_loss > 0 and self.depth > 0 and training  # the load-balancing loss
         if offset is not None and impl in ("kernel", "triton"):
             # The compiled ops take no routing offset yet: a balancing layer runs the PyTorch paths.
             impl = "sparse" if needs_grad else "walk"
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.width)
-        if impl == "reference":
+        if impl != "reference" and exporting_to_onnx():  # the compiled ops have no ONNX form: see onnx.py
+            weight_out_t = self._weight_out_t(weight_out)
+            out, nodes = gather_fff(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees, offset)
+        elif impl == "reference":
             out = fff_reference(flat, weight_in, bias_in, weight_out, self.depth, self.trees, offset)
             nodes = (
                 visited_nodes_reference(flat, weight_in, bias_in, self.depth, self.trees, offset)
-                if return_path or record
+                if return_path or record or auxiliary
                 else None
             )
         elif impl == "sparse":
@@ -204,6 +242,9 @@ class FFF(nn.Module):
                 )
         if record:
             self._record_visits(nodes)
+        if auxiliary:
+            loss = self.balance_loss * routing_balance_loss(flat, weight_in, bias_in, nodes, self.depth)
+            self.routing_loss = loss if self.routing_loss is None else self.routing_loss + loss
         out = out.reshape(*lead, self.width)
         if return_path:
             return out, nodes.reshape(*lead, self.trees, self.depth + 1)

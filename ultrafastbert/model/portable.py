@@ -36,6 +36,7 @@ FFF_FILES = {
     f"{PACKAGE}.fff.layer": "fff_layer",
     f"{PACKAGE}.fff.reference": "fff_reference",
     f"{PACKAGE}.fff.sparse": "fff_sparse",
+    f"{PACKAGE}.fff.onnx": "fff_onnx",
 }
 FOLDER_FILES = {
     f"{PACKAGE}.model.configuration": CONFIGURATION_FILE,
