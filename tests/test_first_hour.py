@@ -19,6 +19,7 @@ from ultrafastbert import progress
 from ultrafastbert.cli import build_parser, main
 from ultrafastbert.data.userdata import default_task_name
 from ultrafastbert.fffify.job import report_lines
+from ultrafastbert.study.report import seed_range_of_gain
 from ultrafastbert.train.finetune import SeedResult, TaskResult, results_table
 from ultrafastbert.train.jobs import PRETRAINING, evaluation_corpus
 from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer
@@ -247,3 +248,16 @@ def test_fffify_says_what_the_budget_cut_short_and_gives_a_verdict():
 
     lines = report_lines(fffify_record(0.97, [300, 300], None), "out")
     assert len(lines) == 2 and lines[1].startswith("verdict: close to the dense model")
+
+
+def test_the_seed_range_of_gain_retention_takes_every_task_at_its_worst_and_best_seed():
+    report = {
+        "retention": {"fff": {"informative_tasks": ["a", "b"]}},
+        "majority": {"a": 0.5, "b": 0.2},
+        "scores": {
+            "dense": {"a": {"median": 0.9}, "b": {"median": 0.6}},
+            "fff": {"a": {"seeds": [0.7, 0.9, 0.8]}, "b": {"seeds": [0.4, 0.5, 0.6]}},
+        },
+    }
+    low, high = seed_range_of_gain(report, "fff")
+    assert low == pytest.approx((0.5 + 0.5) / 2) and high == pytest.approx((1.0 + 1.0) / 2)

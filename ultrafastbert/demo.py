@@ -325,8 +325,18 @@ def plot_report(report: dict[str, Any], finetuning: dict[str, list[TaskResult]],
     fig.savefig(out / "task_scores.png", dpi=110)
     plt.close(fig)
 
+    plot_speed(report, out)
+
+
+def plot_speed(report: dict[str, Any], out: Path) -> None:
+    """speed.png: layer forward time against tokens per call, each size in a panel, the machine named above."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     tables = {k: v for k, v in report["layer_speed"].items() if v}
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.3), squeeze=False)
     for ax, (label, table) in zip(axes[0], tables.items(), strict=True):
         tokens = [int(t) for t in table]
         for name in next(iter(table.values())):
@@ -338,6 +348,12 @@ def plot_report(report: dict[str, Any], finetuning: dict[str, list[TaskResult]],
         ax.set_title(f"layer forward, {label.replace('_', ' ')}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    machine = report["machine"]
+    fig.suptitle(
+        f"{machine['cpu']} ({machine.get('cpu_capability', '?')}), {machine['torch_threads']} torch threads, torch "
+        f"{machine['torch']}, {machine['date'][:10]}; median of interleaved rounds",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(out / "speed.png", dpi=110)
     plt.close(fig)

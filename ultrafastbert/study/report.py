@@ -296,18 +296,59 @@ def plot_report(report: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "task_scores.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant, summary in report["pretraining"].items():
+    plot_quality_vs_flops(report, out)
+
+
+def seed_range_of_gain(report: dict[str, Any], variant: str) -> tuple[float, float] | None:
+    """The variant's gain-above-majority retention with every informative task at its worst seed and at its best
+    (the dense medians fixed): how far seed noise alone moves the figure. ``None`` without informative tasks."""
+    tasks = report["retention"][variant]["informative_tasks"]
+    if not tasks:
+        return None
+    ends = []
+    for pick in (min, max):
+        gains = []
+        for task in tasks:
+            majority, dense = report["majority"][task], report["scores"]["dense"][task]["median"]
+            gains.append((pick(report["scores"][variant][task]["seeds"]) - majority) / (dense - majority))
+        ends.append(statistics.mean(gains))
+    return ends[0], ends[1]
+
+
+def plot_quality_vs_flops(report: dict[str, Any], out: Path) -> None:
+    """``quality_vs_flops.png``: gain-above-majority retention (median, and its seed range) against the
+    feedforward FLOPs per token on a log axis; a variant without feedforward (0 FLOPs) is a horizontal band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ends: list[float] = []
+    for index, (variant, summary) in enumerate(report["pretraining"].items()):
         gain = report["retention"][variant]["gain"]
         if gain is None:
             continue
-        flops = summary["ff_flops_per_token"]
-        ax.scatter([flops], [100 * gain])
-        ax.annotate(variant, (flops, 100 * gain), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("symlog", linthresh=1000)
+        low, high = seed_range_of_gain(report, variant) or (gain, gain)
+        ends += [100 * low, 100 * high]
+        flops, color = summary["ff_flops_per_token"], f"C{index}"
+        if flops == 0:
+            ax.axhline(100 * gain, color=color, linestyle=":", label=f"{variant} (no feedforward, 0 FLOPs)")
+            ax.axhspan(100 * low, 100 * high, color=color, alpha=0.12)
+            continue
+        ax.errorbar(
+            [flops], [100 * gain], yerr=[[100 * (gain - low)], [100 * (high - gain)]], fmt="o", color=color, capsize=3
+        )
+        ax.annotate(variant, (flops, 100 * gain), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    if ends:
+        margin = 0.08 * (max(ends) - min(ends) or 1.0)
+        ax.set_ylim(min(ends) - margin, max(ends) + margin)
     ax.set_xlabel("FF FLOPs per token and layer")
     ax.set_ylabel("gain-above-majority retention %")
-    ax.set_title("Quality against feedforward compute")
+    ax.set_title("Quality against feedforward compute\n(bars: every task at its worst / best finetuning seed)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "quality_vs_flops.png", dpi=110)
     plt.close(fig)
