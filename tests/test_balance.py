@@ -20,7 +20,7 @@ from fff_helpers import (
 
 from ultrafastbert import FFF
 from ultrafastbert.fff import kernels, nodes_per_tree, update_routing_offsets
-from ultrafastbert.fff.balance import balancing_layers, routing_step, take_routing_visits
+from ultrafastbert.fff.balance import balancing_layers, routing_step, take_routing_loss, take_routing_visits
 from ultrafastbert.model.configuration import CrammedBertConfig
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.config import PretrainConfig
@@ -257,3 +257,31 @@ def test_pretraining_balances_trees_logs_health_and_resumes_exactly(tmp_path):
     resumed = run(tmp_path / "split", resume=True)
     for a, b in zip(offsets(whole), offsets(resumed), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_load_balancing_loss_pushes_logits_against_the_busier_side():
+    """The alternative remedy: its gradient lowers the bias of a node sending most tokens right, raises it where
+    most go left, and training on it alone balances a skewed root."""
+    depth = 3
+    layer = FFF(16, depth, 2, balance_loss=1.0)
+    layer.load_state_dict(random_layer(16, depth, 2, seed=1).state_dict())
+    root_bias = layer.linear_in.bias
+    with torch.no_grad():
+        root_bias[0] = 2.0 * layer.linear_in.weight[0].norm()  # tree 0 sends all right
+        root_bias[nodes_per_tree(depth)] = -2.0 * layer.linear_in.weight[0].norm()  # tree 1 all left
+    x = random_input((512, 16), seed=2)
+    layer.train()
+    layer(x)
+    loss = take_routing_loss(layer)
+    assert loss is not None and layer.routing_loss is None
+    loss.backward()
+    assert root_bias.grad[0] > 0 and root_bias.grad[nodes_per_tree(depth)] < 0
+    optimizer = torch.optim.SGD([root_bias], lr=20.0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        layer(x)
+        take_routing_loss(layer).backward()
+        optimizer.step()
+    path = layer.visited_nodes(x)
+    shares = ((path[:, :, 1] - path[:, :, 0]) == 2).double().mean(0).tolist()
+    assert all(0.3 <= share <= 0.7 for share in shares), shares

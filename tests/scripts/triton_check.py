@@ -44,9 +44,12 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 TF32_TOLERANCE = 2e-3
 
 
-def random_case(tokens: int, width: int, depth: int, trees: int, seed: int) -> dict[str, torch.Tensor]:
+def random_case(
+    tokens: int, width: int, depth: int, trees: int, seed: int, offsets: bool = False
+) -> dict[str, torch.Tensor]:
     """Random input, weights with random non-zero biases (zero biases would hide bias bugs), and upstream grad.
-    Weights are ``nn.Linear``-shaped: ``weight_out`` is ``(H, K*n)``."""
+    Weights are ``nn.Linear``-shaped: ``weight_out`` is ``(H, K*n)``. With ``offsets``, a balancing layer's float32
+    routing offsets as large as the logits, so that they change many paths."""
     generator = torch.Generator().manual_seed(seed)
     nodes = trees * nodes_per_tree(depth)
     case = {
@@ -56,6 +59,8 @@ def random_case(tokens: int, width: int, depth: int, trees: int, seed: int) -> d
         "weight_out": torch.randn(width, nodes, generator=generator) * 0.1,
         "upstream": torch.randn(tokens, width, generator=generator),
     }
+    if offsets:
+        case["routing_offset"] = torch.randn(nodes, generator=generator)
     return {name: tensor.to(DEVICE) for name, tensor in case.items()}
 
 
@@ -104,10 +109,11 @@ def reference_with_grads(case, dtype, depth: int, trees: int):
     """The dense masking reference in ``dtype`` (computed in float32): output, paths, logits and autograd's four
     gradients (``grad_weight_out`` as ``linear_out.weight``'s)."""
     leaves = {k: case[k].detach().to(dtype).requires_grad_(True) for k in ("x", "weight_in", "bias_in", "weight_out")}
-    out = fff_reference(leaves["x"], leaves["weight_in"], leaves["bias_in"], leaves["weight_out"], depth, trees)
+    offset = case.get("routing_offset")
+    out = fff_reference(leaves["x"], leaves["weight_in"], leaves["bias_in"], leaves["weight_out"], depth, trees, offset)
     (out * case["upstream"].to(dtype)).sum().backward()
     nodes = visited_nodes_reference(leaves["x"].detach(), leaves["weight_in"].detach(), leaves["bias_in"].detach(),
-                                    depth, trees)  # fmt: skip
+                                    depth, trees, offset)  # fmt: skip
     x, w_in, b_in = (leaves[k].detach().float() for k in ("x", "weight_in", "bias_in"))
     logits = (x @ w_in.T + b_in).gather(1, nodes.reshape(x.shape[0], -1)).reshape(nodes.shape)
     grads = {f"grad_{name}": leaf.grad for name, leaf in leaves.items()}
@@ -118,8 +124,9 @@ def run_kernels(case, dtype, depth: int, trees: int, precision: str | None = Non
     """The three Triton launchers on the case (``grad_weight_out`` transposed back to ``linear_out``'s layout)."""
     x, w_in, b_in = (case[k].to(dtype) for k in ("x", "weight_in", "bias_in"))
     w_out_t = case["weight_out"].to(dtype).t().contiguous()
-    inference = triton_kernels.fff_infer(x, w_in, b_in, w_out_t, depth, trees, **blocks)
-    out, nodes, logits = triton_kernels.fff_forward(x, w_in, b_in, w_out_t, depth, trees, **blocks)
+    offset = case.get("routing_offset")
+    inference = triton_kernels.fff_infer(x, w_in, b_in, w_out_t, depth, trees, offset, **blocks)
+    out, nodes, logits = triton_kernels.fff_forward(x, w_in, b_in, w_out_t, depth, trees, offset, **blocks)
     upstream = case["upstream"].to(dtype)
     grads = triton_kernels.fff_backward(upstream, x, w_in, w_out_t, nodes, logits, precision=precision, **blocks)
     names = ("grad_x", "grad_weight_in", "grad_bias_in", "grad_weight_out")
@@ -132,8 +139,9 @@ def near_ties(case, dtype, nodes: torch.Tensor, ref_nodes: torch.Tensor) -> list
     logit within float32 summation noise of 0, where two correct summation orders may decide differently); None
     if any does not."""
     x, w_in, b_in = (case[k].to(dtype).double() for k in ("x", "weight_in", "bias_in"))
-    logits = x @ w_in.T + b_in
-    scale = x.abs() @ w_in.abs().T + b_in.abs()
+    offset = case.get("routing_offset")
+    logits = x @ w_in.T + b_in + (0.0 if offset is None else offset.double())
+    scale = x.abs() @ w_in.abs().T + b_in.abs() + (0.0 if offset is None else offset.double().abs())
     tokens = sorted({token for token, *_ in (nodes != ref_nodes).nonzero().tolist()})
     for token, tree in (nodes != ref_nodes).any(dim=2).nonzero().tolist():
         level = int((nodes[token, tree] != ref_nodes[token, tree]).nonzero()[0]) - 1
@@ -190,6 +198,27 @@ def shape_cases() -> dict[str, dict]:
     }.items():
         case = random_case(tokens, width, depth, trees, seed)
         cases[name] = compare(case, torch.float32, depth, trees, **blocks)
+    return cases
+
+
+def offset_cases() -> dict[str, dict]:
+    """A balancing layer's routing offsets (routing on ``logit + offset``, activations and gradients on ``logit``):
+    one token, odd shapes with three trees, depth 0, a deep tree, and bfloat16 tensors."""
+    blocks = {"block_tokens": 16, "block_width": 16}
+    cases = {}
+    for name, (tokens, width, depth, trees, seed, dtype) in {
+        "offsets: one token": (1, 37, 4, 1, 21, torch.float32),
+        "offsets: odd shapes, three trees": (21, 37, 4, 3, 22, torch.float32),
+        "offsets: depth 0, two trees": (19, 21, 0, 2, 23, torch.float32),
+        "offsets: depth 7": (19, 19, 7, 1, 24, torch.float32),
+        "offsets: bfloat16 tensors": (23, 29, 5, 1, 25, torch.bfloat16),
+    }.items():
+        case = random_case(tokens, width, depth, trees, seed, offsets=True)
+        cases[name] = compare(case, dtype, depth, trees, **blocks)
+        x, w_in, b_in = (case[k].to(dtype) for k in ("x", "weight_in", "bias_in"))
+        # (one token may by chance keep its path; a depth-0 tree has no choice to make)
+        changed = not torch.equal(cases[name]["nodes"], visited_nodes_reference(x, w_in, b_in, depth, trees))
+        cases[name]["exact"]["offsets change paths"] = tokens == 1 or depth == 0 or changed
     return cases
 
 
@@ -355,6 +384,7 @@ def published_layer_cases() -> dict[str, dict]:
 
 CASES = (
     shape_cases,
+    offset_cases,
     zero_logit_cases,
     nan_cases,
     bfloat16_cases,

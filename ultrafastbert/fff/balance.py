@@ -7,6 +7,10 @@ in its training forwards, how many tokens reached each node. After each optimize
 more of the tokens that reached it (``offset -= rate * sign(share_right - 1/2)``), then clears the counts. A node
 no token reached, or one split exactly in half, keeps its offset. The offsets get no gradient: the neurons still
 learn from ``GELU(logit)``, and the offsets only decide which of them a token visits.
+
+The alternative measured against it is the auxiliary load-balancing loss of mixture-of-experts training, per tree
+node (``FFF(balance_loss > 0)``, ``layer.routing_balance_loss``): training forwards leave it in the layer, and
+``take_routing_loss`` hands it to the training loop, which adds it to the loss.
 """
 
 from __future__ import annotations
@@ -74,3 +78,14 @@ def update_routing_offsets(model: nn.Module, all_reduce: Callable[[Tensor], Tens
             move_routing_offsets(layer, visits)
             updated += 1
     return updated
+
+
+def take_routing_loss(model: nn.Module) -> Tensor | None:
+    """The load-balancing losses the FFF layers of ``model`` left since the last call, summed (None if none did),
+    clearing them: add it to the loss before ``backward``."""
+    total = None
+    for module in model.modules():
+        if isinstance(module, FFF) and module.routing_loss is not None:
+            total = module.routing_loss if total is None else total + module.routing_loss
+            module.routing_loss = None
+    return total

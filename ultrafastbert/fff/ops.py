@@ -147,7 +147,13 @@ def _check_layer_inputs(x: Tensor, weight_in: Tensor, weight_out_t: Tensor, dept
 
 
 def check_forward_inputs(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> None:
     """Raise, with the kernel's message, where ``fff_infer`` / ``fff_forward`` would reject these inputs."""
     _check_layer_inputs(x, weight_in, weight_out_t, depth, trees)
@@ -158,6 +164,14 @@ def check_forward_inputs(
     torch._check(bias_in.dim() == 1, bad_bias)
     torch._check(bias_in.size(0) == weight_in.size(0), bad_bias)
     torch._check(bias_in.dtype == x.dtype, bad_bias)
+    if routing_offset is not None:
+
+        def bad_offset() -> str:
+            return f"fff: routing_offset must be ({weight_in.size(0)},) float32"
+
+        torch._check(routing_offset.dim() == 1, bad_offset)
+        torch._check(routing_offset.size(0) == weight_in.size(0), bad_offset)
+        torch._check(routing_offset.dtype == torch.float32, bad_offset)
 
 
 def check_backward_inputs(

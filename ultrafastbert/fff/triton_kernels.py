@@ -3,7 +3,8 @@
 ``ops`` registers them as the CUDA implementations of the ops where torch has CUDA and Triton is installed, and
 imports this module (and with it Triton) on the first CUDA call. The semantics are those of the CPU kernel and of
 ``sparse.walk_forward`` / ``walk_backward`` (``docs/design.md`` §1): float32 or bfloat16 in, float32 arithmetic,
-routing on float32 logits (strict ``>``: 0 and NaN go left), exact erf GELU. ``docs/gpu.md`` says how they are
+routing on float32 logits plus a balancing layer's float32 ``routing_offset`` when one is given (strict ``>``: 0 and
+NaN go left), exact erf GELU. ``docs/gpu.md`` says how they are
 tested without a GPU (Triton's interpreter, ``TRITON_INTERPRET=1``) and how to time them on one.
 
 Layout: one program per block of ``BLOCK_TOKENS`` tokens and per tree (grid ``(ceil(N / BLOCK_TOKENS), K)``);
@@ -129,6 +130,7 @@ def _forward_kernel(
     out_ptr,  # (N, H): x's dtype, or float32 when ACCUMULATE
     nodes_ptr,  # (N, K, D+1) int64, written when SAVE
     logits_ptr,  # (N, K, D+1) float32, written when SAVE
+    offset_ptr,  # (K*n,) float32, read when OFFSET
     tokens,
     width,
     DEPTH: tl.constexpr,
@@ -137,6 +139,7 @@ def _forward_kernel(
     BLOCK_WIDTH: tl.constexpr,
     SAVE: tl.constexpr,
     ACCUMULATE: tl.constexpr,  # several trees add into out
+    OFFSET: tl.constexpr,  # route on logit + routing offset
 ):
     block = tl.program_id(0)
     tree = tl.program_id(1)
@@ -169,7 +172,10 @@ def _forward_kernel(
         is_level = levels[None, :] == level
         path = tl.where(is_level, node[:, None], path)
         activations = tl.where(is_level, _gelu(logit)[:, None], activations)
-        local = 2 * local + 1 + (logit > 0.0).to(tl.int32)  # strict: 0 and NaN go left
+        route = logit
+        if OFFSET:
+            route = logit + tl.load(offset_ptr + node, mask=row_valid, other=0.0)
+        local = 2 * local + 1 + (route > 0.0).to(tl.int32)  # strict: 0 and NaN go left
 
     # out = sum over levels of GELU(z) * weight_out_t[node], one chunk of the width at a time.
     for start in range(0, width, BLOCK_WIDTH):
@@ -299,11 +305,12 @@ def _forward(
     weight_out_t: Tensor,
     depth: int,
     trees: int,
+    routing_offset: Tensor | None,
     save: bool,
     block_tokens: int,
     block_width: int,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees)
+    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
     _check_blocks(block_tokens, block_width)
     x, weight_in, bias_in, weight_out_t = (t.contiguous() for t in (x, weight_in, bias_in, weight_out_t))
     tokens, width = x.shape
@@ -317,9 +324,11 @@ def _forward(
         _forward_kernel[grid](
             x, weight_in, bias_in, weight_out_t, out,
             nodes if save else out, logits if save else out,  # unused pointers when not saving
+            routing_offset.contiguous() if routing_offset is not None else out,  # unused without an offset
             tokens, width,
             DEPTH=depth, LEVELS=triton.next_power_of_2(depth + 1), BLOCK_TOKENS=block_tokens,
-            BLOCK_WIDTH=block_width, SAVE=save, ACCUMULATE=accumulate, num_warps=NUM_WARPS,
+            BLOCK_WIDTH=block_width, SAVE=save, ACCUMULATE=accumulate, OFFSET=routing_offset is not None,
+            num_warps=NUM_WARPS,
         )  # fmt: skip
     return out.to(x.dtype), nodes, logits
 
@@ -331,12 +340,15 @@ def fff_infer(
     weight_out_t: Tensor,
     depth: int,
     trees: int,
+    routing_offset: Tensor | None = None,
     *,
     block_tokens: int = BLOCK_TOKENS,
     block_width: int = BLOCK_WIDTH,
 ) -> Tensor:
     """``ops.fff_infer`` in Triton: the output only, nothing saved. Block sizes are powers of two >= 16."""
-    return _forward(x, weight_in, bias_in, weight_out_t, depth, trees, False, block_tokens, block_width)[0]
+    return _forward(
+        x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset, False, block_tokens, block_width
+    )[0]
 
 
 def fff_forward(
@@ -346,12 +358,16 @@ def fff_forward(
     weight_out_t: Tensor,
     depth: int,
     trees: int,
+    routing_offset: Tensor | None = None,
     *,
     block_tokens: int = BLOCK_TOKENS,
     block_width: int = BLOCK_WIDTH,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``ops.fff_forward`` in Triton: ``(out, nodes, logits)``, nodes int64 and logits float32 ``(N, K, D+1)``."""
-    out, nodes, logits = _forward(x, weight_in, bias_in, weight_out_t, depth, trees, True, block_tokens, block_width)
+    """``ops.fff_forward`` in Triton: ``(out, nodes, logits)``, nodes int64 and logits float32 ``(N, K, D+1)``
+    (the neurons' logits, without the routing offset)."""
+    out, nodes, logits = _forward(
+        x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset, True, block_tokens, block_width
+    )
     return out, nodes, logits
 
 

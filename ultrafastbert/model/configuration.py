@@ -116,8 +116,8 @@ class CrammedBertConfig(PretrainedConfig):
     ``fff_impl`` picks the FFF execution path (``"auto"``: conditional inference without grad, sparse training
     with grad; ``"reference"``: the original dense masking computation, for checks). ``fff_balance_rate > 0`` keeps
     the trees balanced by per-node routing offsets (``fff.balance``; 0, the published models' setting, turns it
-    off). With ``arch`` (the original nested dict), the values it defines take precedence over flat fields passed
-    alongside it.
+    off); ``fff_balance_loss > 0`` weighs an auxiliary load-balancing loss instead (or as well). With ``arch``
+    (the original nested dict), the values it defines take precedence over flat fields passed alongside it.
     """
 
     model_type = MODEL_TYPE
@@ -132,6 +132,7 @@ class CrammedBertConfig(PretrainedConfig):
     fff_depth: int = 11
     fff_impl: str = "auto"
     fff_balance_rate: float | int = 0.0
+    fff_balance_loss: float | int = 0.0
     intermediate_size: int = 3072
     hidden_act: Literal["gelu", "gelu_glu"] = "gelu"
     layer_norm_eps: float = 1e-12
@@ -183,6 +184,7 @@ class CrammedBertConfig(PretrainedConfig):
                 raise ValueError(f"FFF layers use GELU; hidden_act={self.hidden_act!r} is for dense feedforwards")
         check_impl(self.fff_impl, name="fff_impl")
         check_balance_rate(self.fff_balance_rate, name="fff_balance_rate")
+        check_balance_rate(self.fff_balance_loss, name="fff_balance_loss")
         if self.ffn_type == "dense" and self.hidden_act == "gelu_glu" and self.intermediate_size % 2:
             raise ValueError(f"gelu_glu splits the intermediate features in two: {self.intermediate_size} is odd")
 

@@ -186,6 +186,7 @@ class CrammedBertLayer(nn.Module):
                 impl=config.fff_impl,
                 init_std=config.initializer_range,
                 balance_rate=config.fff_balance_rate,
+                balance_loss=config.fff_balance_loss,
             )
         elif config.ffn_type == "dense":
             self.ffn = CrammedBertFeedForward(config)
