@@ -291,9 +291,33 @@ def test_non_finite_steps_are_skipped_up_to_the_allowed_count(tmp_path):
 
     run = trainer(tmp_path / "stop", steps=6, max_nonfinite_steps=1)
     run.ddp_model = NaNLossAt(run, {3, 4})
-    with pytest.raises(TrainingDivergedError, match=r"at step 4: .*2 non-finite step\(s\) in a row, 1 allowed"):
+    with pytest.raises(TrainingDivergedError, match=r"at step 4: .*2 non-finite or exploded step\(s\) in a row, 1 all"):
         run.run()
     assert latest_checkpoint(tmp_path / "stop" / "checkpoints") is None  # nothing saved after the divergence
+
+
+class LossTimes(NaNLossAt):
+    """``run``'s model, with the loss multiplied by ``factor`` at the given steps: finite, but exploded."""
+
+    def __init__(self, run: Pretrainer, steps: set[int], factor: float) -> None:
+        super().__init__(run, steps)
+        self.factor = factor
+
+    def forward(self, **inputs):
+        output = self.model(**inputs)
+        if self.trainer.step + 1 in self.steps:
+            output.loss = output.loss * self.factor
+        return output
+
+
+def test_an_exploding_loss_counts_as_divergence_though_finite(tmp_path):
+    run = trainer(tmp_path / "explode", steps=6)
+    run.ddp_model = LossTimes(run, {3}, 1e9)
+    with pytest.raises(TrainingDivergedError, match=r"at step 3: loss \d{10}.*1 non-finite or exploded step"):
+        run.run()
+    run = trainer(tmp_path / "spike", steps=6)
+    run.ddp_model = LossTimes(run, {3}, 5.0)  # a loss spike a run survives is no divergence
+    assert run.run()["step"] == 6
 
 
 def test_resume_from_a_checkpoint_holding_nan_names_the_tensor(tmp_path):

@@ -153,6 +153,27 @@ def test_bad_settings_are_refused_before_any_pretraining(tmp_path, small_data):
         study_config("huge")
 
 
+def test_a_refused_setting_leaves_the_folder_free_for_the_corrected_command(tmp_path, small_data):
+    """Refusals that need the data or the models come before the folder records the settings."""
+    for refused, message in (
+        ({"hidden_size": 0}, "cannot build the dense model"),
+        ({"minutes_per_variant": 1e-7, "steps_per_variant": None}, "too short"),
+    ):
+        with pytest.raises(StudyError, match=message):
+            run_study(toy(tmp_path, variants=("dense", "no-ff"), **refused), small_data)
+        assert not (tmp_path / "study" / "study.json").exists()
+    with pytest.raises(ValueError, match="timing_tokens must be token counts >= 1"):
+        toy(tmp_path, timing_tokens=(0,))
+    report = run_study(toy(tmp_path, variants=("dense", "no-ff")), small_data)  # the corrected command
+    assert list(report["pretraining"]) == ["dense", "no-ff"]
+
+
+def test_a_variant_whose_loss_explodes_stops_the_study_as_diverged(tmp_path, small_data):
+    with pytest.raises(StudyError, match="pretraining of dense diverged.*lower --lr"):
+        run_study(toy(tmp_path, variants=("dense", "no-ff"), lr=1e6), small_data)
+    assert not (tmp_path / "study" / "dense" / "finetune").exists()  # nothing finetuned on a diverged model
+
+
 def test_variant_rule():
     assert [tree_depth_for(width) for width in (1, 3, 512, 1024, 3072)] == [0, 1, 8, 9, 11]
     assert variant_fields("fff", 3072) == {"ffn_type": "fff", "fff_trees": 1, "fff_depth": 11}

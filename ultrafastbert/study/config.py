@@ -84,6 +84,25 @@ class StudyConfig:
             raise ValueError("the study needs at least one finetuning task")
         if not self.finetune_seeds:
             raise ValueError("the study needs at least one finetuning seed")
+        if not self.timing_tokens or min(self.timing_tokens) < 1:
+            raise ValueError(f"timing_tokens must be token counts >= 1, got {list(self.timing_tokens)}")
+
+    def check_models(self) -> None:
+        """``StudyError`` naming the first variant whose model the settings cannot build (``--hidden-size 0``, heads
+        that do not divide it, ...), and the finetuning settings' own checks: run before the study writes anything.
+        """
+        from huggingface_hub.errors import StrictDataclassError  # here: the study's flags are read without it
+
+        for variant in self.variants:
+            try:
+                self.model_config(variant, self.vocab_size)
+            except (ValueError, StrictDataclassError) as error:
+                message = " ".join(str(error).split())
+                raise StudyError(f"the settings cannot build the {variant} model: {message}") from None
+        try:
+            self.finetune_config()
+        except ValueError as error:
+            raise StudyError(f"the finetuning settings: {error}") from None
 
     def settings(self) -> dict[str, Any]:
         """What identifies the study (everything but ``NOT_COMPARED``), JSON-ready."""

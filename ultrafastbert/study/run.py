@@ -40,11 +40,11 @@ from ..model.configuration import CrammedBertConfig
 from ..model.health import model_tree_health
 from ..model.modeling import CrammedBertFeedForward, CrammedBertForMaskedLM
 from ..train.finetune import SeedResult, TaskResult, capped, finetune_seed, majority_baseline
-from ..train.pretrain import PretrainConfig, Pretrainer, mask_generators
+from ..train.pretrain import PretrainConfig, Pretrainer, TrainingDivergedError, mask_generators
 from ..train.run_folder import run_folder_lock
 from .config import StudyConfig, StudyError
 from .report import build_report, write_report
-from .state import claim_folder, read_json, write_json
+from .state import check_folder, claim_folder, read_json, write_json
 from .variants import PAPER_HIDDEN, PAPER_WIDTH
 
 # ---------------------------------------------------------------------------------------------------- the data
@@ -166,7 +166,13 @@ def pretrain_variant(config: StudyConfig, variant: str, data: StudyData, out: Pa
     resumed = trainer.resume()
     _log(f"pretraining {variant} ({model_config.name})" + (f", resumed at step {trainer.step}" if resumed else ""))
     load_before = os.getloadavg()[0]
-    final = trainer.run()
+    try:
+        final = trainer.run()
+    except TrainingDivergedError as error:  # not finetuned nor reported as if it had trained
+        raise StudyError(
+            f"pretraining of {variant} diverged, so the study stops: {error}; start a study with a lower --lr in "
+            "another --output"
+        ) from None
     if final["interrupted"]:
         raise KeyboardInterrupt(f"pretraining of {variant} stopped at step {final['step']}; rerun to continue")
     model.save_pretrained(folder / "model")
@@ -293,7 +299,10 @@ def run_study(config: StudyConfig, default_data: Any | None = None, command: str
 
 
 def _run_study(config: StudyConfig, default_data: Any | None, command: str | None) -> dict[str, Any]:
-    out = claim_folder(config)
+    # every check that can refuse the settings runs before the folder records them, so a corrected command in the
+    # same folder is not taken for another study
+    config.check_models()
+    out = check_folder(config)
     _log(f"folder {out}; preparing data")
     data = load_study_data(config, default_data)
     kernels.available()  # build the FFF kernel before any budget starts
@@ -304,6 +313,7 @@ def _run_study(config: StudyConfig, default_data: Any | None, command: str | Non
                 f"minutes_per_variant={config.minutes_per_variant} is too short: one optimiser step of the dense "
                 f"reference takes {step:.2f} s here"
             )
+    claim_folder(config)
     baseline_file = out / "baseline.json"
     if not baseline_file.is_file():
         write_json(baseline_file, copy_unigram_baseline(data, config.seed))

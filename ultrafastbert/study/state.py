@@ -27,8 +27,9 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def claim_folder(config: StudyConfig) -> Path:
-    """Create the study folder, or check that the study it holds has the same settings."""
+def check_folder(config: StudyConfig) -> Path:
+    """``StudyError`` unless the study folder is absent, empty (but for the lock), or holds a study with the same
+    settings; writes nothing (:func:`claim_folder` does, once every other check has passed)."""
     out = Path(config.output_dir)
     settings_file = out / "study.json"
     if settings_file.is_file():
@@ -43,5 +44,11 @@ def claim_folder(config: StudyConfig) -> Path:
             )
     elif out.exists() and any(path.name != LOCK for path in out.iterdir()):
         raise StudyError(f"{out} exists and holds something other than a study; choose another --output")
-    write_json(settings_file, config.settings())
+    return out
+
+
+def claim_folder(config: StudyConfig) -> Path:
+    """Record the study's settings in its folder (checked by :func:`check_folder` first)."""
+    out = check_folder(config)
+    write_json(out / "study.json", config.settings())
     return out

@@ -50,7 +50,19 @@ METRICS = "metrics.jsonl"
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss or gradient norm stopped being finite, or the weights did; the run stopped without saving."""
+    """The loss or gradient norm stopped being finite (or the loss exploded), or the weights did; the run stopped
+    without saving."""
+
+
+# A masked-LM loss above this many times that of a uniform guess (ln of the vocabulary size) has exploded: a
+# diverging run can climb to 1e9 and more while every number stays finite, and no trained model starts there.
+EXPLODED_LOSS_FACTOR = 100.0
+
+
+def exploded_loss_limit(model: nn.Module) -> float:
+    """The loss above which a step of ``model`` counts as exploded (infinite when its vocabulary is unknown)."""
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return EXPLODED_LOSS_FACTOR * math.log(vocab_size) if vocab_size and vocab_size > 1 else math.inf
 
 
 # Keys of the compared run configuration that a resumed run may change: the software's description of itself
@@ -152,6 +164,7 @@ class Pretrainer:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         self.context = context or DistributedContext()
+        self.loss_limit = exploded_loss_limit(model)
         if not config.train_position_scale:
             for module in model.modules():
                 if isinstance(module, CrammedBertScaledSinusoidalPositions):
@@ -270,7 +283,7 @@ class Pretrainer:
         # DDP has summed the gradients and the loss is summed here, so every rank takes the same decision below
         grad_norm = self._gradient_norm()
         loss = all_reduce_sum(loss_sum.reshape(1), self.context).item() / global_masked
-        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm)) or loss > self.loss_limit
         if skipped:
             self.nonfinite_in_a_row += 1
         else:
@@ -281,7 +294,8 @@ class Pretrainer:
         if self.nonfinite_in_a_row > self.config.max_nonfinite_steps:
             raise TrainingDivergedError(
                 f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm} "
-                f"({self.nonfinite_in_a_row} non-finite step(s) in a row, {self.config.max_nonfinite_steps} allowed); "
+                f"({self.nonfinite_in_a_row} non-finite or exploded step(s) in a row, "
+                f"{self.config.max_nonfinite_steps} allowed); "
                 "nothing saved after the last checkpoint; lower the learning rate"
             )
         self.step += 1
