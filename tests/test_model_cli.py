@@ -67,6 +67,31 @@ def test_convert_command_writes_both_formats(tmp_path: Path, capsys: pytest.Capt
     assert capsys.readouterr().out.split() == [str(clean), str(original)]
 
 
+def test_convert_leaves_nothing_on_a_full_disk_and_a_used_destination_needs_overwrite(tmp_path, monkeypatch) -> None:
+    import errno
+    import shutil
+
+    from ultrafastbert.model import convert
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert.shutil, "copyfile", disk_full)  # the tokenizer files, copied after the weights
+        with pytest.raises(SystemExit, match="No space left on device"):
+            main(["convert", str(FIXTURES / "mlm_dense_gluglu"), str(tmp_path / "clean")])
+    assert list(tmp_path.iterdir()) == []  # no lone config.json, no temporary
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="destination .* is not empty.*--overwrite"):
+        main(["convert", str(FIXTURES / "mlm_dense_gluglu"), str(tmp_path / "clean")])
+    assert main(["convert", str(FIXTURES / "mlm_dense_gluglu"), str(tmp_path / "clean"), "--overwrite"]) == 0
+    assert checkpoint_format(tmp_path / "clean") == "clean" and not (tmp_path / "clean" / "notes.txt").exists()
+    shutil.copytree(tmp_path / "clean", tmp_path / "source")
+    with pytest.raises(SystemExit, match="lies inside the input model's folder"):
+        main(["convert", str(tmp_path / "source"), str(tmp_path / "source" / "inner")])
+
+
 def test_model_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     config = ModelBenchConfig(
         batches=(1, 2), seq_len=8, layers=1, hidden=16, heads=2, vocab=40, dense_intermediate=32, fff_depth=2,

@@ -94,11 +94,16 @@ def _add_convert(convert: argparse.ArgumentParser) -> None:
     convert.add_argument("source", type=model_folder, help="checkpoint folder (either format)")
     convert.add_argument("destination", help="folder to write")
     convert.add_argument("--to", choices=("clean", "original"), default="clean", help="format to write")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty destination when done")
 
     def run(args: argparse.Namespace) -> int:
-        from .model import convert_checkpoint
+        from .train.jobs import convert_folder
+        from .train.run_folder import RunFolderError
 
-        print(convert_checkpoint(args.source, args.destination, to=args.to))
+        try:
+            print(convert_folder(args.source, args.destination, to=args.to, overwrite=args.overwrite))
+        except RunFolderError as error:
+            raise SystemExit(f"ultrafastbert convert: error: {error}") from None
         return 0
 
     convert.set_defaults(handler=run)

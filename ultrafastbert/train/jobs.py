@@ -38,7 +38,7 @@ from ..data.tokenizer import tokenizer_fingerprint
 from ..data.userdata import UserFiles
 from ..model import AutoConfig
 from ..model.configuration import CrammedBertConfig
-from ..model.convert import model_class_for
+from ..model.convert import convert_checkpoint, model_class_for
 from ..model.health import model_tree_health
 from ..model.inference import load_masked_lm
 from ..model.modeling import CrammedBertForMaskedLM
@@ -86,6 +86,21 @@ def save_model_folder(
         publish_folder(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert_folder(source: str | Path, destination: str | Path, to: str = "clean", overwrite: bool = False) -> Path:
+    """``ultrafastbert convert``: :func:`convert_checkpoint` into a folder built beside ``destination`` and renamed
+    into place, so a failure (a full disk) or a kill leaves the old folder or none, never a lone ``config.json``.
+    A non-empty ``destination`` needs ``overwrite``; the source's own folder, one inside it and one holding it are
+    refused (:class:`RunFolderError`)."""
+    check_output_folder(destination, source, overwrite, flag="destination")
+    staging = staging_folder(destination)
+    try:
+        convert_checkpoint(source, staging, to=to)
+        publish_folder(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Path(destination)
 
 
 def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
