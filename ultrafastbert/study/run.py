@@ -259,7 +259,7 @@ def score_split(task: TaskData) -> str:
 
 def _feedforward(config: CrammedBertConfig) -> nn.Module | None:
     if config.ffn_type == "fff":
-        return FFF(config.hidden_size, config.fff_depth, trees=config.fff_trees)
+        return FFF(config.hidden_size, config.fff_depth, trees=config.fff_trees, balance_rate=config.fff_balance_rate)
     if config.ffn_type == "dense":
         return CrammedBertFeedForward(config)
     return None

@@ -7,6 +7,8 @@ name           feedforward                            question it answers
 =============  =====================================  ==========================================================
 dense          dense GELU FF of width ``W``           the reference
 fff            UltraFastBERT ``1xD``                  the paper's setup: ``D+1`` neurons per token
+fff-balanced   ``1xD`` with balanced trees            does keeping the tree alive (routing offsets moved by
+               (``fff_balance_rate``)                 ``BALANCE_RATE`` a step, ``docs/design.md`` §1) help?
 narrow         dense FF of width ``D+1``              same neurons per token (same FF FLOPs) as the FFF: does the
                                                       tree buy anything over a plain narrow layer?
 narrow4        dense FF of width ``4(D+1)``           a narrow layer with 4x the FFF's FLOPs
@@ -24,8 +26,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-VARIANTS = ("dense", "fff", "narrow", "narrow4", "no-ff", "fff-4trees", "fff-16trees")
+VARIANTS = ("dense", "fff", "fff-balanced", "narrow", "narrow4", "no-ff", "fff-4trees", "fff-16trees")
 PAPER_HIDDEN, PAPER_WIDTH = 768, 3072
+BALANCE_RATE = 0.01  # routing-offset step of the fff-balanced variant
 
 
 def tree_depth_for(width: int) -> int:
@@ -56,6 +59,7 @@ def variant_fields(name: str, width: int) -> dict[str, Any]:
     fields: dict[str, dict[str, Any]] = {
         "dense": {**dense, "intermediate_size": width},
         "fff": {"ffn_type": "fff", "fff_trees": 1, "fff_depth": depth},
+        "fff-balanced": {"ffn_type": "fff", "fff_trees": 1, "fff_depth": depth, "fff_balance_rate": BALANCE_RATE},
         "narrow": {**dense, "intermediate_size": depth + 1},
         "narrow4": {**dense, "intermediate_size": 4 * (depth + 1)},
         "no-ff": {"ffn_type": "none"},
