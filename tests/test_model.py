@@ -4,18 +4,23 @@ task heads, input checks and strict checkpoint loading."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import tiny_pretrained
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
+    Trainer,
+    TrainingArguments,
 )
 
 import ultrafastbert
@@ -24,11 +29,13 @@ from ultrafastbert import (
     CheckpointError,
     CrammedBertConfig,
     CrammedBertForMaskedLM,
+    CrammedBertForQuestionAnswering,
     CrammedBertForSequenceClassification,
     CrammedBertForTokenClassification,
     CrammedBertModel,
 )
 from ultrafastbert.model.convert import save_original
+from ultrafastbert.model.fffbert import FFFBertConfig, FFFBertForQuestionAnswering
 
 VOCAB, MAX_LEN = 50, 12
 
@@ -98,7 +105,11 @@ def test_import_registers_auto_classes() -> None:
     assert type(AutoModelForMaskedLM.from_config(config)) is CrammedBertForMaskedLM
     assert type(AutoModelForSequenceClassification.from_config(config)) is CrammedBertForSequenceClassification
     assert type(AutoModelForTokenClassification.from_config(config)) is CrammedBertForTokenClassification
+    assert type(AutoModelForQuestionAnswering.from_config(config)) is CrammedBertForQuestionAnswering
+    fffbert = FFFBertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    assert type(AutoModelForQuestionAnswering.from_config(fffbert)) is FFFBertForQuestionAnswering
     assert "CrammedBertForMaskedLM" in ultrafastbert.__all__
+    assert "CrammedBertForQuestionAnswering" in ultrafastbert.__all__
 
 
 @pytest.mark.parametrize(
@@ -108,6 +119,7 @@ def test_import_registers_auto_classes() -> None:
         (CrammedBertForMaskedLM, AutoModelForMaskedLM, {"ffn_type": "dense", "hidden_act": "gelu_glu"}),
         (CrammedBertForSequenceClassification, AutoModelForSequenceClassification, {"num_labels": 3}),
         (CrammedBertForTokenClassification, AutoModelForTokenClassification, {"num_labels": 4}),
+        (CrammedBertForQuestionAnswering, AutoModelForQuestionAnswering, {}),
     ],
 )
 def test_save_load_round_trip_is_exact(model_class: type, auto_class: type, overrides: dict, tmp_path: Path) -> None:
@@ -125,7 +137,10 @@ def test_save_load_round_trip_is_exact(model_class: type, auto_class: type, over
     assert all(torch.equal(expected_state[key], loaded_state[key]) for key in expected_state)
     input_ids, mask = batch()
     with torch.no_grad():
-        assert torch.equal(model(input_ids, mask).logits, loaded(input_ids, mask).logits)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(model(input_ids, mask).to_tuple(), loaded(input_ids, mask).to_tuple(), strict=True)
+        )
     assert type(AutoModel.from_pretrained(tmp_path)) is CrammedBertModel
 
 
@@ -198,12 +213,151 @@ def test_all_ones_mask_is_dropped_and_padding_is_still_masked() -> None:
 
 
 def test_hidden_states_on_request() -> None:
-    model = tiny_model().eval()
+    """The embedding output, then each layer's; the last after the final norm, so that it is ``last_hidden_state``
+    (as in BERT and transformers' pre-norm models; it used to be the last layer's output before the norm)."""
+    model = tiny_model(CrammedBertModel).eval()
     input_ids, mask = batch()
     with torch.no_grad():
         out = model(input_ids, mask, output_hidden_states=True)
+        embedded = model.embedding(input_ids)
+        first_layer, _ = model.layers[0](embedded, model._attention_bias(mask, input_ids.shape))
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     assert all(h.shape == (*input_ids.shape, 16) for h in out.hidden_states)
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert torch.equal(out.hidden_states[0], embedded)
+    torch.testing.assert_close(out.hidden_states[1], first_layer)
+
+
+# --- BERT's arguments -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_class",
+    [
+        CrammedBertModel,
+        CrammedBertForMaskedLM,
+        CrammedBertForSequenceClassification,
+        CrammedBertForTokenClassification,
+        CrammedBertForQuestionAnswering,
+    ],
+)
+def test_bert_arguments_are_accepted_and_attentions_returned(model_class: type) -> None:
+    """``model(ids, attention_mask=m, token_type_ids=t, return_dict=False, output_attentions=True)``: a tuple of
+    the usual outputs and one ``(B, heads, S, S)`` probability map per layer, which the SDPA model computes the
+    eager way for that call; segment ids change nothing (there are no segment embeddings)."""
+    model = tiny_model(model_class).eval()
+    eager = tiny_model(model_class, attn_implementation="eager").eval()
+    assert model.config._attn_implementation == "sdpa"
+    input_ids, mask = batch()
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, 5:] = 1
+    with torch.no_grad():
+        plain = model(input_ids, mask)
+        outputs = model(input_ids, attention_mask=mask, token_type_ids=token_type_ids, return_dict=False,
+                        output_attentions=True)  # fmt: skip
+        expected = eager(input_ids, attention_mask=mask, output_attentions=True)
+    assert isinstance(outputs, tuple) and len(outputs) == len(plain.to_tuple()) + 1
+    for got, want in zip(outputs[:-1], plain.to_tuple(), strict=True):
+        torch.testing.assert_close(got, want)
+    attentions = outputs[-1]
+    assert len(attentions) == model.config.num_hidden_layers
+    for got, want in zip(attentions, expected.attentions, strict=True):
+        assert got.shape == (3, 4, 10, 10)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got.sum(-1), torch.ones(3, 4, 10))
+        assert got[1, :, :, -3:].max() < 1e-3  # padded keys get (almost) no attention
+    assert plain.attentions is None
+
+
+def test_config_defaults_for_outputs_and_return_dict() -> None:
+    model = tiny_model(CrammedBertForMaskedLM, output_attentions=True, output_hidden_states=True).eval()
+    input_ids, mask = batch()
+    with torch.no_grad():
+        out = model(input_ids, mask)
+        assert len(out.attentions) == 2 and len(out.hidden_states) == 3
+        assert model(input_ids, mask, output_attentions=False).attentions is None
+        model.config.return_dict = False
+        assert isinstance(model(input_ids, mask), tuple)
+        assert model(input_ids, mask, return_dict=True).logits.shape == (3, 10, VOCAB)
+
+
+def test_token_type_ids_of_another_shape_are_refused() -> None:
+    model = tiny_model(CrammedBertForSequenceClassification).eval()
+    input_ids, mask = batch()
+    with pytest.raises(
+        ValueError, match=r"token_type_ids must be a tensor shaped like input_ids \(3, 10\), got \(3, 9\)"
+    ):
+        model(input_ids, mask, token_type_ids=torch.zeros(3, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("ffn_type", "enable"), [("dense", "gradient_checkpointing_enable"), ("fff", "activation_checkpointing_enable")]
+)
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(ffn_type: str, enable: str) -> None:
+    """Both names of the switch (transformers 5 calls it activation checkpointing, the old name still works)."""
+    labels = torch.tensor([0, 2, 1])
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = tiny_model(CrammedBertForSequenceClassification, num_labels=3, ffn_type=ffn_type).train()
+        assert model.supports_gradient_checkpointing
+        if checkpointing:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # the old name is deprecated
+                getattr(model, enable)()
+            assert all(layer.gradient_checkpointing for layer in model.encoder.layers)
+        calls.append(0)
+        model.encoder.layers[0].attn.register_forward_hook(lambda *_: calls.__setitem__(-1, calls[-1] + 1))
+        model(*batch(), labels=labels).loss.backward()
+        grads.append({name: param.grad for name, param in model.named_parameters()})
+    assert calls == [1, 2]  # the checkpointed layer ran again in the backward pass
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_trainer_with_gradient_checkpointing(tmp_path: Path) -> None:
+    model = tiny_model(CrammedBertForSequenceClassification, num_labels=2)
+    input_ids, mask = batch(size=8)
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": int(i[0]) % 2} for i, m in zip(input_ids, mask, strict=True)
+    ]
+    args = TrainingArguments(str(tmp_path), activation_checkpointing=True, max_steps=2, per_device_train_batch_size=4,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)  # fmt: skip
+    before = model.encoder.layers[0].attn.dense.weight.clone()
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    assert all(layer.gradient_checkpointing for layer in model.encoder.layers)
+    assert not torch.equal(model.encoder.layers[0].attn.dense.weight, before)
+
+
+# --- question answering ---------------------------------------------------------------------------------------
+
+
+def test_question_answering_loss_is_berts() -> None:
+    """The mean of the start and end cross-entropies; a position past the sequence (the answer was truncated
+    away) is clamped to ``S`` and ignored."""
+    model = tiny_model(CrammedBertForQuestionAnswering).eval()
+    input_ids, mask = batch()
+    starts, ends = torch.tensor([1, 4, 40]), torch.tensor([2, 6, 41])
+    with torch.no_grad():
+        out = model(input_ids, mask, start_positions=starts, end_positions=ends)
+    assert out.start_logits.shape == out.end_logits.shape == (3, 10)
+    expected = (F.cross_entropy(out.start_logits[:2], starts[:2]) + F.cross_entropy(out.end_logits[:2], ends[:2])) / 2
+    torch.testing.assert_close(out.loss, expected)
+    model.train()
+    model(input_ids, mask, start_positions=starts, end_positions=ends).loss.backward()
+    assert (
+        model.qa_outputs.weight.grad.abs().sum() > 0 and model.encoder.layers[0].attn.dense.weight.grad.abs().sum() > 0
+    )
+
+
+def test_question_answering_starts_from_a_masked_lm_folder(tmp_path: Path) -> None:
+    tiny_model(CrammedBertForMaskedLM).save_pretrained(tmp_path)
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path)
+    assert type(model) is CrammedBertForQuestionAnswering
+    state = load_file(tmp_path / "model.safetensors")
+    del state["encoder.final_norm.weight"]  # a missing encoder weight is still refused by name
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="encoder.final_norm.weight"):
+        AutoModelForQuestionAnswering.from_pretrained(tmp_path)
 
 
 # --- heads ----------------------------------------------------------------------------------------------------
@@ -484,3 +638,31 @@ def test_a_corrupt_weights_file_is_a_checkpoint_error(tmp_path: Path, damage: st
     weights.write_bytes(data[: len(data) - 256] if damage == "truncated" else data[:8] + b"#" * 16 + data[24:])
     with pytest.raises(CheckpointError, match="corrupt weights file"):
         AutoModelForMaskedLM.from_pretrained(folder)
+
+
+# --- sentence-transformers ------------------------------------------------------------------------------------
+
+
+def test_sentence_transformers_wraps_a_saved_folder(tmp_path: Path) -> None:
+    """sentence-transformers loads the folder through the Auto classes and calls the encoder with BERT's arguments
+    (``return_dict=True``); its mean-pooled embeddings are those of the model, and survive its save and load."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    folder = tmp_path / "folder"
+    tokenizer = tiny_pretrained(folder, ["the", "a", "film", "was", "good", "bad"], vocab_size=40, max_positions=16)
+    transformer = Transformer(str(folder), max_seq_length=16)
+    assert type(transformer.auto_model) is CrammedBertModel
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+    encoder = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+    sentences = ["the film was good", "a bad film"]
+    embeddings = encoder.encode(sentences, convert_to_tensor=True)
+    tokens = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(folder)(**tokens).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(embeddings, (hidden * mask).sum(1) / mask.sum(1))
+    encoder.save(str(tmp_path / "sentence-encoder"))
+    again = SentenceTransformer(str(tmp_path / "sentence-encoder"), device="cpu")
+    torch.testing.assert_close(again.encode(sentences, convert_to_tensor=True), embeddings)

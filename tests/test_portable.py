@@ -56,7 +56,9 @@ inputs = json.loads(sys.argv[1])
 if inputs["block"]:
     sys.modules["ultrafastbert"] = None  # `import ultrafastbert` raises ImportError from here on
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import (
+    AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer, pipeline,
+)
 
 results = {}
 input_ids, attention_mask = torch.tensor(inputs["input_ids"]), torch.tensor(inputs["attention_mask"])
@@ -82,6 +84,19 @@ for name, folder in inputs["folders"].items():
         again = AutoModelForMaskedLM.from_pretrained(inputs["resaved"], trust_remote_code=True).eval()
         with torch.no_grad():
             results["resaved_logits"] = again(input_ids, attention_mask).logits.tolist()
+folder = inputs["folders"]["mlm_fff"]  # BERT's arguments, the question-answering head and ONNX export
+model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    outputs = model(input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids),
+                    return_dict=False, output_attentions=True)
+results["bert_arguments"] = {"logits": outputs[0].tolist(), "attentions": [list(a.shape) for a in outputs[1]]}
+results["qa_class"] = type(AutoModelForQuestionAnswering.from_pretrained(folder, trust_remote_code=True)).__name__
+if inputs["block"]:  # the folder's own copy of the FFF layer exports
+    import onnxruntime
+    program = torch.onnx.export(model, (input_ids, attention_mask), dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+    results["onnx_logits"] = session.run(None, feeds)[0].tolist()
 for name in ("mlm_dense", "mlm_fff"):  # without trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(inputs["folders"][name])
     results[f"tokenized_{name}"] = tokenizer(inputs["masked"] + inputs["classified"])["input_ids"]
@@ -286,6 +301,12 @@ def test_folders_load_with_remote_code_and_compute_what_the_package_computes(sav
             assert {result["label"] for result in ours[0]} == set(LABELS.values())
         assert_same_pipeline_outputs(found["pipeline"], ours)
     torch.testing.assert_close(torch.tensor(results["resaved_logits"]), torch.tensor(results["mlm_fff"]["logits"]))
+    fff_logits = torch.tensor(results["mlm_fff"]["logits"])
+    torch.testing.assert_close(torch.tensor(results["bert_arguments"]["logits"]), fff_logits)
+    assert results["bert_arguments"]["attentions"] == [[3, 4, 10, 10]] * 2
+    assert results["qa_class"] == "CrammedBertForQuestionAnswering"
+    if not installed:
+        torch.testing.assert_close(torch.tensor(results["onnx_logits"]), fff_logits, atol=1e-4, rtol=1e-4)
     # a tokenizer class transformers does not know is read as its generic fast tokenizer, special tokens included
     assert json.loads((saved["mlm_fff"][0] / "tokenizer_config.json").read_text())["tokenizer_class"] == (
         "CrammedBertTokenizer"

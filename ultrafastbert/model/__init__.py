@@ -4,6 +4,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -14,6 +15,7 @@ from .convert import convert_checkpoint
 from .fffbert import (
     FFFBertConfig,
     FFFBertForMaskedLM,
+    FFFBertForQuestionAnswering,
     FFFBertForSequenceClassification,
     FFFBertForTokenClassification,
     FFFBertModel,
@@ -21,6 +23,7 @@ from .fffbert import (
 from .loading import CheckpointError
 from .modeling import (
     CrammedBertForMaskedLM,
+    CrammedBertForQuestionAnswering,
     CrammedBertForSequenceClassification,
     CrammedBertForTokenClassification,
     CrammedBertModel,
@@ -37,12 +40,14 @@ def register_auto_classes() -> None:
     AutoModelForMaskedLM.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
     AutoModelForSequenceClassification.register(CrammedBertConfig, CrammedBertForSequenceClassification, exist_ok=True)
     AutoModelForTokenClassification.register(CrammedBertConfig, CrammedBertForTokenClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(CrammedBertConfig, CrammedBertForQuestionAnswering, exist_ok=True)
     AutoTokenizer.register(CrammedBertConfig, tokenizer_class=CrammedBertTokenizer, exist_ok=True)
     AutoConfig.register(FFFBertConfig.model_type, FFFBertConfig, exist_ok=True)
     AutoModel.register(FFFBertConfig, FFFBertModel, exist_ok=True)
     AutoModelForMaskedLM.register(FFFBertConfig, FFFBertForMaskedLM, exist_ok=True)
     AutoModelForSequenceClassification.register(FFFBertConfig, FFFBertForSequenceClassification, exist_ok=True)
     AutoModelForTokenClassification.register(FFFBertConfig, FFFBertForTokenClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(FFFBertConfig, FFFBertForQuestionAnswering, exist_ok=True)
 
 
 register_auto_classes()
@@ -51,6 +56,7 @@ __all__ = [
     "CheckpointError",
     "CrammedBertConfig",
     "CrammedBertForMaskedLM",
+    "CrammedBertForQuestionAnswering",
     "CrammedBertForSequenceClassification",
     "CrammedBertForTokenClassification",
     "CrammedBertModel",
@@ -58,6 +64,7 @@ __all__ = [
     "CrammedBertTokenizer",
     "FFFBertConfig",
     "FFFBertForMaskedLM",
+    "FFFBertForQuestionAnswering",
     "FFFBertForSequenceClassification",
     "FFFBertForTokenClassification",
     "FFFBertModel",

@@ -38,9 +38,11 @@ AUTO_MAP = {
     "AutoModelForMaskedLM": f"{MODELING_FILE}.CrammedBertForMaskedLM",
     "AutoModelForSequenceClassification": f"{MODELING_FILE}.CrammedBertForSequenceClassification",
     "AutoModelForTokenClassification": f"{MODELING_FILE}.CrammedBertForTokenClassification",
+    "AutoModelForQuestionAnswering": f"{MODELING_FILE}.CrammedBertForQuestionAnswering",
 }
 
-# Our model class names -> the original ones (the ``architectures`` field of config.json).
+# Our model class names -> the original ones (the ``architectures`` field of config.json); the original has no
+# question-answering class.
 ORIGINAL_CLASS_NAMES = {
     "CrammedBertModel": "ScriptableLM",
     "CrammedBertForMaskedLM": "ScriptableLMForPreTraining",

@@ -1,9 +1,9 @@
 """FFF-BERT: a transformers BERT whose feedforward layers are fast feedforward trees (``ultrafastbert fffify``).
 
 The model classes are ``transformers``' own BERT classes (``BertModel``, ``BertForMaskedLM``,
-``BertForSequenceClassification``, ``BertForTokenClassification``) with one change, made in ``post_init``: each
-layer's feedforward (``intermediate.dense``, the activation, ``output.dense``) becomes an FFF of
-``fff_trees`` trees of depth ``fff_depth`` plus the dense layer's output bias. Attention, embeddings, layer norms
+``BertForSequenceClassification``, ``BertForTokenClassification``, ``BertForQuestionAnswering``) with one change,
+made in ``post_init``: each layer's feedforward (``intermediate.dense``, the activation, ``output.dense``) becomes an
+FFF of ``fff_trees`` trees of depth ``fff_depth`` plus the dense layer's output bias. Attention, embeddings, layer norms
 and heads are BERT's, under BERT's parameter names, so a converted model keeps every non-feedforward weight of the
 BERT it came from, bit for bit, and the original tokenizer. Per layer ``N`` the new parameters are
 ``encoder.layer.N.intermediate.fff.linear_in.{weight,bias}``, ``encoder.layer.N.intermediate.fff.linear_out.weight``
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import (
     BertForMaskedLM,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertLayer,
@@ -42,9 +43,10 @@ FFFBERT_AUTO_MAP = {
     "AutoModelForMaskedLM": f"{FFFBERT_FILE}.FFFBertForMaskedLM",
     "AutoModelForSequenceClassification": f"{FFFBERT_FILE}.FFFBertForSequenceClassification",
     "AutoModelForTokenClassification": f"{FFFBERT_FILE}.FFFBertForTokenClassification",
+    "AutoModelForQuestionAnswering": f"{FFFBERT_FILE}.FFFBertForQuestionAnswering",
 }
 # Parameters of the task heads: a checkpoint of one head loads into another (e.g. a bare encoder -> a classifier).
-HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.")
+HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.", "qa_outputs.")
 
 
 @strict
@@ -174,3 +176,7 @@ class FFFBertForSequenceClassification(FFFBertPreTrainedModel, BertForSequenceCl
 
 class FFFBertForTokenClassification(FFFBertPreTrainedModel, BertForTokenClassification):
     """BERT's token classifier on the FFF encoder (``AutoModelForTokenClassification``)."""
+
+
+class FFFBertForQuestionAnswering(FFFBertPreTrainedModel, BertForQuestionAnswering):
+    """BERT's answer-span head on the FFF encoder (``AutoModelForQuestionAnswering``)."""

@@ -25,7 +25,9 @@ DECODER = "decoder.weight"
 POOLER_WEIGHT = "pooler.dense.weight"
 HEAD_WEIGHT = "head.weight"
 # Parameters of the task heads; a checkpoint of one task loads into another (e.g. masked-LM -> classifier).
-HEAD_KEYS = frozenset({DECODER, POOLER_WEIGHT, "pooler.dense.bias", HEAD_WEIGHT, "head.bias"})
+HEAD_KEYS = frozenset(
+    {DECODER, POOLER_WEIGHT, "pooler.dense.bias", HEAD_WEIGHT, "head.bias", "qa_outputs.weight", "qa_outputs.bias"}
+)
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 

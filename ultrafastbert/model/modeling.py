@@ -5,6 +5,10 @@ Module and parameter names are those of the published checkpoints (``encoder.lay
 query_key_value.weight``, ``encoder.layers.N.ffn.linear_in.weight``, ...), so their state dicts load unchanged;
 only the configuration and the tied ``decoder.weight`` copy differ between the original and the clean format
 (see ``convert.py``). Shapes: ``B`` batch, ``S`` sequence, ``H`` hidden, ``V`` vocabulary, ``C`` labels.
+
+Every forward takes BERT's arguments: ``token_type_ids`` (checked against ``input_ids``' shape, then unused: there
+are no segment embeddings, as in the original), ``output_attentions``, ``output_hidden_states`` and ``return_dict``
+(``False``: a tuple, as ``transformers`` makes it), with the config's ``output_*`` and ``return_dict`` as defaults.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     MaskedLMOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.utils import can_return_tuple
 
 from ..fff import FFF, check_impl
 from .configuration import CrammedBertConfig
@@ -93,7 +100,8 @@ class CrammedBertSelfAttention(nn.Module):
     ``query_key_value`` rows are grouped by head: its output viewed as ``(B, S, heads, 3*head_dim)`` splits into
     q, k, v along the last dim. Scores are scaled by the stored ``norm_factor`` buffer (``head_dim**-0.5`` when
     fresh; a checkpoint's own value is used as is). ``attn_implementation="eager"`` selects the explicit
-    computation; otherwise ``scaled_dot_product_attention`` computes the same function.
+    computation; otherwise ``scaled_dot_product_attention`` computes the same function, except in a call that
+    asks for the attention probabilities, which the fused kernel cannot return: that call computes them explicitly.
     """
 
     norm_factor: Tensor
@@ -107,13 +115,17 @@ class CrammedBertSelfAttention(nn.Module):
         self.register_buffer("norm_factor", torch.tensor(self.head_dim**-0.5))
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
-        """``hidden_states`` ``(B, S, H)``, ``attention_bias`` additive ``(B, 1, 1 or S, S)`` -> ``(B, S, H)``."""
+    def forward(
+        self, hidden_states: Tensor, attention_bias: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``hidden_states`` ``(B, S, H)``, ``attention_bias`` additive ``(B, 1, 1 or S, S)`` -> ``(B, S, H)``, and
+        with ``output_attentions`` the attention probabilities ``(B, heads, S, S)`` (after dropout, as BERT's)."""
         batch, seq_len, hidden = hidden_states.shape
         qkv = self.query_key_value(hidden_states).view(batch, seq_len, self.num_heads, 3 * self.head_dim)
         query, key, value = (t.transpose(1, 2) for t in qkv.split(self.head_dim, dim=-1))  # 3 x (B, heads, S, d)
         dropout = self.dropout_prob if self.training else 0.0
-        if self.config._attn_implementation == "eager":
+        probs = None
+        if output_attentions or self.config._attn_implementation == "eager":
             scores = torch.matmul(query, key.transpose(-1, -2)) * self.norm_factor  # (B, heads, S, S)
             if attention_bias is not None:
                 scores = scores + attention_bias
@@ -129,7 +141,7 @@ class CrammedBertSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_bias, dropout_p=dropout, scale=scale
             )
-        return context.transpose(1, 2).reshape(batch, seq_len, hidden)
+        return context.transpose(1, 2).reshape(batch, seq_len, hidden), probs if output_attentions else None
 
 
 class CrammedBertAttention(nn.Module):
@@ -140,8 +152,11 @@ class CrammedBertAttention(nn.Module):
         self.self_attention = CrammedBertSelfAttention(config)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
-        return self.dense(self.self_attention(hidden_states, attention_bias))
+    def forward(
+        self, hidden_states: Tensor, attention_bias: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        context, probs = self.self_attention(hidden_states, attention_bias, output_attentions)
+        return self.dense(context), probs
 
 
 class CrammedBertGatedGELU(nn.Module):
@@ -167,9 +182,9 @@ class CrammedBertFeedForward(nn.Module):
         return self.dense_out(self.nonlin(self.dense_in(hidden_states)))
 
 
-class CrammedBertLayer(nn.Module):
+class CrammedBertLayer(GradientCheckpointingLayer):
     """Pre-LayerNorm transformer layer: ``x + drop(attn(norm1(x)))``, then ``x + drop(ffn(norm2(x)))`` (left out
-    when ``ffn_type="none"``)."""
+    when ``ffn_type="none"``). Recomputed in the backward pass after ``model.gradient_checkpointing_enable()``."""
 
     def __init__(self, config: CrammedBertConfig) -> None:
         super().__init__()
@@ -192,11 +207,16 @@ class CrammedBertLayer(nn.Module):
             self.ffn = CrammedBertFeedForward(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: Tensor, attention_bias: Tensor | None) -> Tensor:
-        hidden_states = hidden_states + self.dropout(self.attn(self.norm1(hidden_states), attention_bias))
-        if self.ffn is None:
-            return hidden_states
-        return hidden_states + self.dropout(self.ffn(self.norm2(hidden_states)))
+    def forward(
+        self, hidden_states: Tensor, attention_bias: Tensor | None, output_attentions: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(B, S, H)`` -> ``(B, S, H)`` and the attention probabilities (``None`` unless ``output_attentions``).
+        Arguments are positional: checkpointing with ``use_reentrant=True`` passes gradients to those only."""
+        attended, probs = self.attn(self.norm1(hidden_states), attention_bias, output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        if self.ffn is not None:
+            hidden_states = hidden_states + self.dropout(self.ffn(self.norm2(hidden_states)))
+        return hidden_states, probs
 
 
 class CrammedBertPreTrainedModel(PreTrainedModel):
@@ -205,6 +225,7 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
     config_class = CrammedBertConfig
     config: CrammedBertConfig
     base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CrammedBertLayer"]
 
@@ -282,29 +303,53 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embedding.word_embedding = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutput:
         """``input_ids`` ``(B, S)``, ``attention_mask`` ``(B, S)`` (1 = attend) or ``(B, S, S)`` ->
-        ``last_hidden_state`` ``(B, S, H)`` (after the final norm); ``hidden_states`` on request: the embedding
-        output and every layer's output, before the final norm."""
+        ``last_hidden_state`` ``(B, S, H)`` (after the final norm). ``hidden_states`` on request: the embedding
+        output, then each layer's output, the last one after the final norm (so ``hidden_states[-1]`` is
+        ``last_hidden_state``, as in ``transformers``' pre-norm models); ``attentions``: each layer's
+        ``(B, heads, S, S)`` probabilities."""
         self._check_input_ids(input_ids)
+        self._check_token_type_ids(token_type_ids, input_ids.shape)
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         attention_bias = self._attention_bias(attention_mask, input_ids.shape)
         hidden_states = self.embedding(input_ids)  # (B, S, H)
         all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         if attention_bias is not None:
             attention_bias = attention_bias.to(hidden_states.dtype)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_bias)
+            hidden_states, probs = layer(hidden_states, attention_bias, output_attentions)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
+            if all_attentions is not None:
+                all_attentions.append(probs)
+        last_hidden_state = self.final_norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states[-1] = last_hidden_state
         return BaseModelOutput(
-            last_hidden_state=self.final_norm(hidden_states),
+            last_hidden_state=last_hidden_state,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
+
+    @staticmethod
+    def _check_token_type_ids(token_type_ids: Tensor | None, shape: torch.Size) -> None:
+        """Segment ids are accepted for BERT-style callers (tokenizers of sentence pairs make them) and unused: the
+        model has no segment embeddings. A shape other than ``input_ids``' is a caller's mistake, refused."""
+        if token_type_ids is not None and (not isinstance(token_type_ids, Tensor) or token_type_ids.shape != shape):
+            found = tuple(token_type_ids.shape) if isinstance(token_type_ids, Tensor) else type(token_type_ids).__name__
+            raise ValueError(f"token_type_ids must be a tensor shaped like input_ids {tuple(shape)}, got {found}")
 
     def _check_input_ids(self, input_ids: Tensor) -> None:
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
@@ -377,11 +422,14 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.decoder = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         sparse_prediction: bool = False,
     ) -> MaskedLMOutput:
@@ -392,7 +440,14 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         as the original's sparse prediction does: ``logits`` is then ``(M, V)`` for the ``M`` labelled positions
         in row-major order, and the ``V x H`` decoder costs a quarter of the dense one at 25% masking.
         """
-        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        encoded = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         hidden = encoded.last_hidden_state  # (B, S, H)
         if sparse_prediction:
             if labels is None:
@@ -404,7 +459,9 @@ class CrammedBertForMaskedLM(CrammedBertPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
 
 
 class CrammedBertPooler(nn.Module):
@@ -436,17 +493,29 @@ class CrammedBertForSequenceClassification(CrammedBertPreTrainedModel):
         self.head = nn.Linear(config.classifier_hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput:
-        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        encoded = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.head(self.pooler(encoded.last_hidden_state))  # (B, C)
         loss = None if labels is None else self._loss(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         problem_type = self.config.problem_type
@@ -481,16 +550,76 @@ class CrammedBertForTokenClassification(CrammedBertPreTrainedModel):
         self.head = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> TokenClassifierOutput:
-        encoded = self.encoder(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        encoded = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = self.head(self.dropout(encoded.last_hidden_state))  # (B, S, C)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states, attentions=encoded.attentions
+        )
+
+
+class CrammedBertForQuestionAnswering(CrammedBertPreTrainedModel):
+    """Encoder + ``qa_outputs`` (``2 x H``, with bias, as BERT's): start and end logits of the answer span at every
+    position. With ``start_positions`` and ``end_positions`` ``(B,)``, the loss is BERT's: the mean of the two
+    cross-entropies, positions clamped to ``S``, which is ignored (an answer cut off by truncation)."""
+
+    def __init__(self, config: CrammedBertConfig) -> None:
+        super().__init__(config)
+        self.encoder = CrammedBertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> QuestionAnsweringModelOutput:
+        encoded = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        start_logits, end_logits = self.qa_outputs(encoded.last_hidden_state).unbind(dim=-1)  # 2 x (B, S)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            start_loss = F.cross_entropy(
+                start_logits, start_positions.reshape(-1).clamp(0, ignored), ignore_index=ignored
+            )
+            end_loss = F.cross_entropy(end_logits, end_positions.reshape(-1).clamp(0, ignored), ignore_index=ignored)
+            loss = (start_loss + end_loss) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
