@@ -110,6 +110,25 @@ def test_pretrain_over_a_finished_run_is_refused_until_told_what_to_do(pretraine
     assert (run / "metrics.jsonl").read_text() == metrics
 
 
+def test_a_finished_pretraining_continues_with_resume_and_a_larger_step_budget(pretrained, tmp_path):
+    import shutil
+
+    root, run = pretrained
+    shutil.copytree(run, tmp_path / "run")
+    assert main(pretrain_args(root, tmp_path / "run", "--resume", "--max-steps", "6")) == 0
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["step"] == 6
+    with pytest.raises(SystemExit, match="has trained 6 steps, so --max-steps 5 adds none: give more than 6"):
+        main(pretrain_args(root, tmp_path / "run", "--resume", "--max-steps", "5"))
+
+
+def test_a_stopped_pretraining_exits_non_zero_saying_how_to_continue(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(jobs, "pretrain_job", lambda job: {"interrupted": True, "signal": 15, "step": 3})
+    assert main(["pretrain", "--output", str(tmp_path), "--max-steps", "4"]) == 128 + 15
+    assert "stopped by SIGTERM at step 3, checkpoint saved: rerun the same command with --resume" in (
+        capsys.readouterr().err
+    )
+
+
 def test_pretrain_in_a_folder_in_use_names_the_holder(pretrained, tmp_path):
     root, _ = pretrained
     with run_folder_lock(tmp_path), pytest.raises(SystemExit, match=rf"in use by another run \(pid {os.getpid()}\)"):

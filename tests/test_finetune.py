@@ -157,3 +157,24 @@ def test_the_output_folder_may_not_be_hold_or_lie_inside_the_input_model(pretrai
         with pytest.raises(SystemExit, match=f"--output-dir .* {message}"):
             main([*command, str(output)])
     assert sorted(path.name for path in model.iterdir()) == before  # the model is as it was
+
+
+@pytest.mark.parametrize("task_type", ["auto", "regression"])
+def test_a_nan_among_numeric_labels_is_named_as_such_not_as_a_type_mix(tmp_path, task_type):
+    from ultrafastbert.data.userdata import UserColumns, UserDataError, load_user_task
+
+    rows = ["text,score", "a cat,0.5", "a dog,1.25", "a saw,nan", "a bird,2.0"]
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    path = tmp_path / "scores.csv"
+    with pytest.raises(UserDataError, match=r"scores\.csv:4: label 'nan' in column 'score' is not a finite number"):
+        load_user_task(path, path, UserColumns("text", "score"), task_type=task_type)
+
+
+def test_labels_that_are_not_an_object_in_a_model_config_are_one_line(tmp_path, capsys):
+    from ultrafastbert.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "crammedBERT", "id2label": ["neg", "pos"]}))
+    with pytest.raises(SystemExit) as refused:
+        main(["classify", "--model", str(tmp_path)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and "id2label must be an object such as" in error and "not a list" in error

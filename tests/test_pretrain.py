@@ -29,6 +29,7 @@ from ultrafastbert.train.pretrain import (
     mask_generators,
     mlm_metrics,
 )
+from ultrafastbert.train.run_folder import MARKER
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -212,13 +213,96 @@ def test_resume_names_only_the_differing_keys_and_ignores_the_library_version(tm
     assert str(error.value).endswith("different configuration: run.train.lr (checkpoint 0.003, now 0.01)")
 
 
-def test_resuming_a_finished_run_saves_the_step_again_under_a_new_name(tmp_path):
-    trainer(tmp_path, steps=2).run()
+def test_a_step_is_checkpointed_once_however_the_run_ends(tmp_path):
+    """A save at every step, then the end of the run, then a resume of the finished run: one folder per step."""
+    trainer(tmp_path, steps=2, checkpoint_every_minutes=0).run()
     again = trainer(tmp_path, steps=2)
     assert again.resume()
     assert again.run()["step"] == 2
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000002.1"
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000001",
+        "step-00000002",
+    ]
     assert trainer(tmp_path, steps=2).resume()
+
+
+def lr_of_steps(output: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["lr"] for record in records if "lr" in record}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no handler catches it, nothing is saved on the way out."""
+
+
+def kill_after(run: Pretrainer, step: int) -> None:
+    """Run ``run`` and kill it while it prepares the step after ``step`` (saved at every step: ``step`` is kept)."""
+    masker = run.masker
+
+    def killing(ids, generators):
+        if run.step == step:
+            raise Killed
+        return masker(ids, generators)
+
+    run.masker = killing
+    with pytest.raises(Killed):
+        run.run()
+    assert latest_checkpoint(run.checkpoint_dir).name == f"step-{step:08d}"
+
+
+def test_a_finished_run_continues_with_a_larger_step_budget_as_a_new_segment(tmp_path):
+    """4 steps, then --max-steps 10: steps 5-10 follow their own triangle (a warm restart) at the final batch; a
+    kill inside the continuation resumes exactly; changing the budget of an unfinished run is refused, saying
+    what to run."""
+    first = trainer(tmp_path / "a", steps=4, final_batch=32, checkpoint_every_minutes=0)
+    first.run()
+    continued = trainer(tmp_path / "a", steps=10, final_batch=32, checkpoint_every_minutes=0)
+    assert continued.resume() and continued.step == 4
+    assert continued.run()["step"] == 10
+    lr = lr_of_steps(tmp_path / "a")
+    assert lr[4] == pytest.approx(3e-3) and lr[5] == pytest.approx(3e-3 * 0.25)  # a warm restart at step 5
+    assert lr[6] > lr[5] and lr[10] < lr[9]  # its own triangle over the 6 added steps
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {record["batch_sequences"] for record in records if record.get("step", 0) > 4 and "lr" in record} == {32}
+
+    # the same continuation, killed after step 7 and resumed: bit-identical
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoints")
+    trainer(tmp_path / "b", steps=4, final_batch=32, checkpoint_every_minutes=0).run()
+    killed = trainer(tmp_path / "b", steps=10, final_batch=32, checkpoint_every_minutes=0)
+    assert killed.resume()
+    kill_after(killed, 7)
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000007"
+    resumed = trainer(tmp_path / "b", steps=10, final_batch=32, checkpoint_every_minutes=0)
+    assert resumed.resume() and resumed.step == 7 and resumed.run()["step"] == 10
+    weights = {name: value.detach() for name, value in resumed.model.state_dict().items()}
+    reference = {name: value.detach() for name, value in continued.model.state_dict().items()}
+    assert max_difference(weights, reference) == 0.0
+
+    kill_after(trainer(tmp_path / "c", steps=4, checkpoint_every_minutes=0), 2)
+    with pytest.raises(CheckpointError, match="stopped at step 2 before its budget of --max-steps 4 was spent: resume "
+                       "it with --max-steps 4 to finish it, then continue it with a larger --max-steps"):  # fmt: skip
+        trainer(tmp_path / "c", steps=8).resume()
+    with pytest.raises(CheckpointError, match="has trained 10 steps, so --max-steps 6 adds none"):
+        trainer(tmp_path / "a", steps=6).resume()
+
+
+def test_a_signal_stops_the_run_with_a_checkpoint_and_says_which(tmp_path):
+    run = trainer(tmp_path, steps=6)
+    masker = run.masker
+
+    def terminate_at_step_three(ids, generators):
+        if run.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return masker(ids, generators)
+
+    run.masker = terminate_at_step_three
+    final = run.run()
+    assert final["interrupted"] and final["signal"] == signal.SIGTERM and final["step"] == 3
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000003"
 
 
 def test_a_full_disk_stops_the_run_and_a_later_resume_is_exact(tmp_path, monkeypatch):
@@ -249,6 +333,7 @@ def test_a_full_disk_stops_the_run_and_a_later_resume_is_exact(tmp_path, monkeyp
     dead.wait()
     stale = run_dir / "checkpoints" / f".step-00000003.tmp-{dead.pid}"
     stale.mkdir()
+    (stale / MARKER).write_text(f"{dead.pid}\n")  # as the package marks its temporaries
     resumed = trainer(run_dir, steps=4, checkpoint_every_minutes=0)
     assert resumed.resume() and resumed.step == 2
     assert resumed.run()["step"] == 4

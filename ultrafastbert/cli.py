@@ -12,6 +12,7 @@ Hugging Face hub is off (``HF_HUB_OFFLINE=1``) unless the environment sets ``HF_
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -31,6 +32,17 @@ def _model_folder(text: str) -> str:
         raise ValueError(f"no folder {text} (models are read from local folders; nothing is downloaded)")
     if not (folder / CONFIG_FILE).is_file():
         raise ValueError(f"{text} holds no {CONFIG_FILE}: not a saved model folder")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {error}") from None
+    examples = {"id2label": '{"0": "negative", "1": "positive"}', "label2id": '{"negative": 0, "positive": 1}'}
+    for field, example in examples.items():  # transformers fails on anything but an object with a traceback
+        if field in config and not isinstance(config[field], dict):
+            raise ValueError(
+                f"{folder / CONFIG_FILE}: {field} must be an object such as {example}, not a "
+                f"{type(config[field]).__name__}"
+            )
     return text
 
 
@@ -177,6 +189,8 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
     add_flags(pretrain.add_argument_group("training"), PretrainConfig)
 
     def run(args: argparse.Namespace) -> int:
+        import signal
+
         from .model.configuration import CrammedBertConfig
         from .model.loading import CheckpointError
         from .train.jobs import pretrain_job
@@ -193,6 +207,14 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
             final = pretrain_job(from_flags(PretrainJob, args, train=from_flags(PretrainConfig, args)))
         except (RunFolderError, CheckpointError, TrainingDivergedError) as error:
             raise SystemExit(f"ultrafastbert pretrain: error: {error}") from None
+        if final["interrupted"]:  # checkpointed, not finished: the exit status says so, as a killed command's does
+            signum = final.get("signal")
+            print(
+                f"ultrafastbert pretrain: stopped by {signal.Signals(signum).name if signum else 'request'} at step "
+                f"{final['step']}, checkpoint saved: rerun the same command with --resume to continue",
+                file=sys.stderr,
+            )
+            return 128 + signum if signum else 1
         if "val_loss" in final:
             print(
                 f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f} "
@@ -420,7 +442,8 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "MLM pretraining with the crammed recipe (also under torchrun)",
         "Pretrain on your text/JSONL files (--corpus) or the embedded default corpus. Stops at --max-steps or "
         "--max-minutes, whichever comes first; SIGINT/SIGTERM checkpoint and stop. A folder that already holds a "
-        "run needs --resume (continue it) or --overwrite (delete it).",
+        "run needs --resume (continue it) or --overwrite (delete it); a finished run continues with --resume and a "
+        "larger --max-steps (a new schedule segment).",
         _add_pretrain,
     ),
     "finetune": (

@@ -89,11 +89,11 @@ def main() -> None:
     if args.step_delay:
         original_step = trainer.train_step
 
-        def slow_step(progress: float):
+        def slow_step(progress: float, *more):
             import time
 
             time.sleep(args.step_delay)
-            return original_step(progress)
+            return original_step(progress, *more)
 
         trainer.train_step = slow_step
     trainer.run()

@@ -173,6 +173,14 @@ def _as_number(value: str | int | float) -> int | float | None:
     return number if math.isfinite(number) else None
 
 
+def _is_non_finite_number(value: str | int | float) -> bool:
+    """Whether ``value`` is written as a number that is not finite (``nan``, ``inf``, ``-Infinity``)."""
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
 def infer_task_type(path: Path, rows: list[Row], column: str) -> Literal["classification", "regression"]:
     """Regression when every label is a number and some is not an integer (``0.5``, or ``1.0`` in JSON); else
     classification. Labels that mix numbers and words are refused: say which with ``task_type``."""
@@ -180,6 +188,13 @@ def infer_task_type(path: Path, rows: list[Row], column: str) -> Literal["classi
     for row in rows:
         raw = _raw_label(path, row, column)
         (words if _as_number(raw) is None else numbers).append((row, raw))
+    not_finite = [(row, raw) for row, raw in words if _is_non_finite_number(raw)]
+    if numbers and not_finite:  # numeric labels with a nan among them: that record is the mistake, not the type
+        row, raw = not_finite[0]
+        raise UserDataError(
+            f"{path}:{row.line}: label {raw!r} in column {column!r} is not a finite number (the other labels are "
+            "numbers); fix or drop that record"
+        )
     if numbers and words:
         (number_row, number), (word_row, word) = numbers[0], words[0]
         raise UserDataError(
@@ -223,8 +238,9 @@ def _examples(
             if kind == "regression":
                 number = _as_number(raw)
                 if number is None:
+                    kind_of_value = "a finite number" if _is_non_finite_number(raw) else "a number"
                     raise UserDataError(
-                        f"{path}:{row.line}: label {raw!r} in column {columns.label!r} is not a number (a "
+                        f"{path}:{row.line}: label {raw!r} in column {columns.label!r} is not {kind_of_value} (a "
                         "regression task needs numeric labels)"
                     )
                 label = float(number)

@@ -231,6 +231,18 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    """The training state saved in checkpoint ``path`` (step, data position, budget...), read without loading any
+    tensor; ``CheckpointError`` when the file is missing or corrupt."""
+    path = Path(path)
+    try:
+        return json.loads((path / STATE_JSON).read_text())["state"]
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is missing {STATE_JSON}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {error}") from None
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module,

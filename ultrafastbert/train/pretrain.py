@@ -9,6 +9,10 @@ divided by their global count, so both set-ups compute the same gradients.
 A step whose loss or gradient norm is not finite updates nothing; more than ``max_nonfinite_steps`` of them in a
 row stop the run with :class:`TrainingDivergedError`, and non-finite weights are never saved, so the last
 checkpoint stays the last good one.
+
+A finished run (its budget spent) continues with a larger ``max_steps``: the added steps are a new *segment* of
+the schedule, with its own learning-rate triangle over them (a warm restart) at the final batch size. An ordinary
+resume stays within its segment and is exact.
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ from ..fff.balance import move_routing_offsets, take_routing_loss, take_routing_
 from ..model.health import health_postfix, health_record, tree_health
 from ..model.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
 from ..progress import progress as progress_bar
-from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import CheckpointError, latest_checkpoint, load_checkpoint, read_training_state, save_checkpoint
 from .config import PretrainConfig
 from .distributed import DistributedContext, all_reduce_sum, broadcast_flag, wrap_model
 from .optim import build_adamw
 from .run_folder import remove_stale_temporaries
-from .schedule import BatchRamp, TriangleSchedule
+from .schedule import BatchRamp, Budget, TriangleSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +189,13 @@ class Pretrainer:
         self.step, self.position, self.elapsed = 0, 0, 0.0
         self.nonfinite_in_a_row = 0
         self._stop_requested = False
+        self.stop_signal: int | None = None  # the signal that asked the run to stop
+        # the schedule segment this run is in: (first step, elapsed seconds at its start); (0, 0.0) but in a
+        # continuation of a finished run
+        self.segment_start: tuple[int, float] = (0, 0.0)
+        # the step of the latest checkpoint this run saved or resumed from, and whether its budget was spent then
+        self.saved_step: int | None = None
+        self.saved_finished = False
         # Tree health: every FFF layer records the nodes its training tokens visit, summed here between reports.
         self.fff_layers = [module for module in self.model.modules() if isinstance(module, FFF)]
         self.tree_visits: list[Tensor] | None = None
@@ -208,12 +219,19 @@ class Pretrainer:
             )
         if not self.context.is_main:
             return None
+        finished = self._progress() >= 1.0  # the budget is spent: a larger max_steps may continue the run
+        if (self.saved_step, self.saved_finished) == (self.step, finished):  # saved already (a resumed finished
+            return latest_checkpoint(self.checkpoint_dir)  # run, a stop just after a periodic save)
         state = {
             "step": self.step,
             "position": self.position,
             "elapsed": self.elapsed,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "max_steps": self.config.max_steps,
+            "finished": finished,
+            "segment": {"start_step": self.segment_start[0], "start_elapsed": self.segment_start[1]},
         }
+        self.saved_step, self.saved_finished = self.step, finished
         return save_checkpoint(
             self.checkpoint_dir,
             self.step,
@@ -229,9 +247,39 @@ class Pretrainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
-        state = load_checkpoint(path, self.model, self.optimizer, self._checkpoint_config(), RESUME_MAY_CHANGE)
+        continuing = self._continues(read_training_state(path), path)
+        ignored = RESUME_MAY_CHANGE | ({"max_steps"} if continuing else set())
+        state = load_checkpoint(path, self.model, self.optimizer, self._checkpoint_config(), ignored)
         self.step, self.position, self.elapsed = state["step"], state["position"], state["elapsed"]
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)  # absent from checkpoints of older versions
+        segment = state.get("segment", {"start_step": 0, "start_elapsed": 0.0})
+        self.segment_start = (
+            (self.step, self.elapsed) if continuing else (segment["start_step"], segment["start_elapsed"])
+        )
+        self.saved_step, self.saved_finished = self.step, state.get("finished", False) and not continuing
+        start_step = self.segment_start[0]
+        max_steps = None if self.config.max_steps is None else self.config.max_steps - start_step
+        self.budget = Budget(max_steps=max_steps, max_seconds=self.config.budget.max_seconds)
+        return True
+
+    def _continues(self, saved: dict[str, Any], path: Path) -> bool:
+        """Whether resuming from the checkpoint state ``saved`` continues a finished run with a larger
+        ``max_steps`` (a new schedule segment); ``CheckpointError`` saying what to run for a change of
+        ``max_steps`` that cannot be honoured. False for an ordinary resume (the same budget)."""
+        before, now, step = saved.get("max_steps"), self.config.max_steps, saved["step"]
+        if before is None or now is None or now == before:
+            return False
+        if not saved.get("finished"):
+            raise CheckpointError(
+                f"the run in {path.parent.parent} stopped at step {step} before its budget of --max-steps {before} "
+                f"was spent: resume it with --max-steps {before} to finish it, then continue it with a larger "
+                "--max-steps"
+            )
+        if now <= step:
+            raise CheckpointError(
+                f"the run in {path.parent.parent} has trained {step} steps, so --max-steps {now} adds none: give "
+                f"more than {step} to continue it"
+            )
         return True
 
     # --- one optimizer step --------------------------------------------------------------------------------
@@ -247,7 +295,8 @@ class Pretrainer:
         """One optimizer step at ``progress`` of the budget. ``out_of_time`` is asked between micro-batches (all
         ranks act on one answer): when it says so the step is dropped, nothing updated and no sequence consumed,
         and ``None`` returned, so a time budget holds within a step of many micro-batches."""
-        accumulation = self.ramp.accumulation_steps(progress)
+        # a continuation segment trains at the final batch size: its ramp was the first segment's
+        accumulation = self.ramp.accumulation_steps(progress if self.segment_start[0] == 0 else 1.0)
         start_position = self.position
         lr = self.config.lr * self.schedule.factor(progress)
         for group in self.optimizer.param_groups:
@@ -353,12 +402,18 @@ class Pretrainer:
     def _install_signal_handlers(self) -> dict[int, Any]:
         def request_stop(signum: int, _frame: object) -> None:
             self._stop_requested = True
+            self.stop_signal = signum
 
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 previous[signum] = signal.signal(signum, request_stop)
         return previous
+
+    def _progress(self) -> float:
+        """The share of the current schedule segment's budget spent (the whole run's but in a continuation)."""
+        start_step, start_elapsed = self.segment_start
+        return self.budget.progress(self.step - start_step, self.elapsed - start_elapsed)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.context.is_main:
@@ -379,7 +434,7 @@ class Pretrainer:
         max_seconds = self.budget.max_seconds
 
         def out_of_time() -> bool:
-            return max_seconds is not None and time.perf_counter() - started >= max_seconds
+            return max_seconds is not None and time.perf_counter() - started - self.segment_start[1] >= max_seconds
 
         last_checkpoint = time.perf_counter()
         trees = ""  # the last tree-health summary, kept in the progress bar between reports
@@ -389,7 +444,7 @@ class Pretrainer:
         try:
             while True:
                 self.elapsed = time.perf_counter() - started
-                progress = self.budget.progress(self.step, self.elapsed)
+                progress = self._progress()
                 if progress >= 1.0:
                     break
                 step_started = time.perf_counter()
@@ -429,7 +484,7 @@ class Pretrainer:
                 bar.set_postfix(
                     loss=f"{stats.loss:.3f}",
                     tok_s=f"{record['tokens_per_second']:.0f}",
-                    eta=_eta(progress, self.elapsed),
+                    eta=_eta(progress, self.elapsed - self.segment_start[1]),
                     **({"trees": trees} if trees else {}),
                 )
                 if broadcast_flag(self._stop_requested, self.context):
@@ -447,6 +502,7 @@ class Pretrainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "interrupted": interrupted,
+            "signal": self.stop_signal if interrupted else None,
             "checkpoint": str(checkpoint) if checkpoint else None,
         }
         if not interrupted:
