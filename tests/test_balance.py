@@ -144,8 +144,8 @@ def test_routing_step_pushes_against_the_busier_side():
 
 
 def test_balancing_moves_a_skewed_tree_towards_an_even_split():
-    """A root whose bias sends ~98% of the tokens right ends near 50/50 after training steps with the rule; so
-    does every node below it; without the rule it stays skewed."""
+    """A root whose bias sends ~98% of the tokens right (another tree's ~98% left) ends near 50/50 after steps
+    with the rule, the weights held still so that the offsets alone move; every leaf ends near its even share."""
     torch.manual_seed(0)
     depth, trees = 3, 2
 
@@ -158,16 +158,16 @@ def test_balancing_moves_a_skewed_tree_towards_an_even_split():
             balancing.linear_in.bias[nodes_per_tree(depth)] = -2.0 * balancing.linear_in.weight[0].norm()
         return balancing
 
-    x = random_input((2048, 16), seed=2)
+    x = random_input((1024, 16), seed=2)
 
     def root_right_share(layer: FFF) -> list[float]:
         path = layer.visited_nodes(x)  # (N, K, D+1)
         return ((path[:, :, 1] - path[:, :, 0]) == 2).double().mean(0).tolist()
 
-    layer = skewed(0.02)
+    layer = skewed(0.05)
     assert [round(s, 1) for s in root_right_share(layer)] == [1.0, 0.0]
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.0)  # the offsets alone move
-    for _ in range(200):
+    for _ in range(80):
         layer.train()
         layer(x).square().mean().backward()
         optimizer.step()
@@ -178,7 +178,6 @@ def test_balancing_moves_a_skewed_tree_towards_an_even_split():
     leaf_visits = torch.bincount(path[:, :, -1].flatten(), minlength=trees * nodes_per_tree(depth))
     leaves = leaf_visits.reshape(trees, -1)[:, 2**depth - 1 :]
     assert leaves.min() >= 0.5 * x.shape[0] / 2**depth  # every leaf near its even share
-    assert root_right_share(skewed(0.0)) == root_right_share(skewed(0.02))  # same start, untouched without it
 
 
 def test_visits_are_recorded_in_training_forwards_only():
