@@ -397,3 +397,23 @@ def test_unknown_instruction_set_leaves_the_kernel_unavailable_with_one_warning(
     with pytest.warns(RuntimeWarning, match="ULTRAFASTBERT_KERNEL_ISA='sse9' is not one of") as caught:
         assert not kernels.available()
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
+
+
+@needs_kernel
+def test_output_weight_gradient_reaches_the_parameter_without_a_copy(monkeypatch):
+    """The backward writes ``grad_weight_out_t`` transposed, in ``linear_out.weight``'s own layout, so autograd
+    hands the kernel's buffer to the parameter instead of copying a full transposed matrix every step."""
+    layer = random_layer(24, 5, 2)
+    layer.impl = "kernel"
+    buffers = []
+    backward = ops.fff_backward
+
+    def recording_backward(*args):
+        grads = backward(*args)
+        buffers.append(grads[3].data_ptr())
+        return grads
+
+    monkeypatch.setattr(ops, "fff_backward", recording_backward)
+    layer(random_input((7, 24))).sum().backward()
+    grad = layer.linear_out.weight.grad
+    assert buffers == [grad.data_ptr()] and grad.is_contiguous()
