@@ -3,8 +3,9 @@
 #
 # 1. the Triton kernels' correctness checks, compiled on this GPU (the interpreter tests' cases, plus the published
 #    1x11 layer at width 768 in float32 and bfloat16) -> triton_check.json; nothing is timed if they fail;
-# 2. the layer benchmark: dense FF-3072 (cuBLAS, torch.compile) vs the FFF-1x11 paths, 1 to 16384 tokens, forward
-#    and forward + backward, float32 and bfloat16 -> layer.{json,png,log};
+# 2. the layer benchmark (the same loop as on CPU, one pass per dtype): dense FF-3072 (cuBLAS, torch.compile) and the
+#    equal-FLOPs dense FF-12 vs the FFF-1x11 paths, 1 to 16384 tokens, forward and forward + backward, float32 and
+#    bfloat16 -> layer.{json,png,log};
 # 3. the whole-model benchmark -> model.{json,png,log}.
 # Each step has its own time limit (about 10 minutes in all on an H100-class GPU is expected, not yet measured).
 # Output goes to benchmarks/results/gpu/ by default. docs/gpu.md describes the run.

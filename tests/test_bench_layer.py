@@ -29,6 +29,7 @@ def test_layer_benchmark_writes_json_and_plot(tmp_path):
     assert (tmp_path / "layer.png").stat().st_size > 0
     forward = {(r["name"], r["tokens"]) for r in saved["results"] if r["mode"] == "forward"}
     assert ("FFF gather/BMM (PyTorch)", 5) in forward and ("dense FF-32", 1) in forward
+    assert ("dense FF-4 (equal FLOPs)", 5) in forward  # depth 3: 4 neurons per token
     assert not any("torch.compile" in name for name, _ in forward)
     assert all(r["median_ms"] > 0 and r["repeats"] == 2 for r in saved["results"])
     assert saved["machine"]["torch_threads"] >= 1
@@ -52,9 +53,33 @@ def test_one_pass_per_thread_count_and_threads_restored(tmp_path):
     assert [p["threads"] for p in report["passes"]] == [1, 2]  # repeats dropped
     by_threads = {t: {r["name"] for r in report["results"] if r["threads"] == t} for t in (1, 2)}
     assert by_threads[1] == by_threads[2] and "FFF reference (masking)" in by_threads[1]
-    assert all(p["sgemm_gflops"] > 0 and p["fff_floor_ms"]["4"] > 0 for p in report["passes"])
+    assert all(p["gemm_gflops"] > 0 and p["fff_floor_ms"]["4"] > 0 for p in report["passes"])
     table = format_table(report, baseline="dense FF-32")
-    assert "forward, 1 threads" in table and "forward, 2 threads" in table
+    assert "forward, float32, 1 threads" in table and "forward, float32, 2 threads" in table
+
+
+def test_one_pass_per_dtype_on_cpu_each_checked_against_the_reference(tmp_path):
+    """The CPU loop is the GPU loop: a bfloat16 pass beside the float32 one, every FFF path checked on its own
+    input (tokens a rounding near-tie routes otherwise are counted, not compared)."""
+    config = LayerBenchConfig(
+        tokens=(6,),
+        train_tokens=(3,),
+        dtypes=("float32", "bfloat16"),
+        width=16,
+        depth=3,
+        dense_width=32,
+        repeats=1,
+        compiled_gather=False,
+    )
+    report = run_layer_benchmark(config, output=tmp_path / "layer")
+    assert [p["dtype"] for p in report["passes"]] == ["float32", "bfloat16"]
+    timed = {(r["name"], r["mode"], r["dtype"]) for r in report["results"]}
+    for dtype in ("float32", "bfloat16"):
+        assert ("FFF reference (masking)", "train", dtype) in timed
+        assert ("dense FF-4 (equal FLOPs)", "forward", dtype) in timed
+    routed = next(v for k, v in report["routed_otherwise_than_reference"].items() if k.startswith("bfloat16"))
+    assert "FFF gather/BMM (PyTorch)" in routed
+    assert "forward, bfloat16" in format_table(report, baseline="dense FF-32")
 
 
 def test_thread_passes_validates_counts():
@@ -87,7 +112,7 @@ def test_an_optional_candidate_that_cannot_run_is_skipped_and_a_required_one_is_
 
     candidates = build_candidates(LayerBenchConfig(width=8, depth=2, compiled_gather=False))
     candidates.append(Candidate("optional path", Failing(), checked=True, optional=True))
-    skipped = check_against_reference(candidates, torch.randn(4, 8))
+    _, skipped = check_against_reference(candidates, torch.randn(4, 8))
     assert skipped == {"optional path": "RuntimeError: no compiler here"}
     assert "optional path" not in [c.name for c in candidates]
     candidates.append(Candidate("required path", Failing(), checked=True))
@@ -120,6 +145,7 @@ def test_shape_benchmark_times_every_trees_by_depth_shape(tmp_path):
         (4, 1, 8),
     ]
     assert all(r["us_per_token"] > 0 for r in report["results"])
+    assert all(r["equal_flops_dense_ms"] > 0 for r in report["results"])  # the floor beside every shape
 
 
 def test_cli_runs_a_pass_per_thread_count_with_all(tmp_path, capsys):

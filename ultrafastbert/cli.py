@@ -81,7 +81,7 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
 
     shapes = which.add_parser(
         "shapes",
-        help="FFF trees vs depth at (nearly) equal total neurons: time per token",
+        help="FFF trees vs depth at (nearly) equal total neurons: time per token, beside the equal-FLOPs dense layer",
         formatter_class=DefaultsHelpFormatter,
     )
     shapes.add_argument("--shapes", nargs="+", default=["1x11", "2x10", "4x9", "8x8", "16x7"], help="KxD")
@@ -530,7 +530,7 @@ def _apply_output_flags(args: argparse.Namespace) -> None:
 
     set_quiet(args.quiet)
     show_package_logs()
-    if getattr(args, "threads", None):
+    if isinstance(getattr(args, "threads", None), int):  # the layer benchmark's --threads is a list of passes
         import torch
 
         torch.set_num_threads(args.threads)

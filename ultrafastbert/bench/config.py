@@ -20,13 +20,13 @@ class LayerBenchConfig:
         default="cpu",
         metadata={
             "choices": DEVICES,
-            "help": "cpu: every FFF path, one pass per thread count; cuda: dense FF (cuBLAS, torch.compile) vs the "
-            "FFF Triton kernels, one pass per dtype, timed with CUDA events",
+            "help": "cpu: every FFF path and the C++ kernel, one pass per thread count and dtype; cuda: dense FF "
+            "(cuBLAS, torch.compile) vs the FFF Triton kernels, one pass per dtype, timed with CUDA events",
         },
     )
     dtypes: tuple[str, ...] = field(
         default=("float32",),
-        metadata={"choices": DTYPES, "help": "cuda: one pass per dtype (the CPU benchmark is float32)"},
+        metadata={"choices": DTYPES, "help": "one pass per dtype (on CPU: per thread count and dtype)"},
     )
     width: int = field(default=768, metadata={"help": "features in and out"})
     depth: int = field(default=11, metadata={"help": "FFF tree depth"})

@@ -1,19 +1,17 @@
-"""Layer benchmark: dense feedforward vs every FFF execution path, side by side in one process.
+"""Layer benchmark: dense feedforward vs every FFF execution path, side by side in one process, on CPU or GPU.
 
 Method (``benchmarks/README.md``): random normal inputs, every FFF path checked against the masking reference
 before it is timed, the candidates of each mode and token count timed together in interleaved rounds
-(``timing.time_interleaved``: warm-up, medians), fixed threads (one pass per requested thread count), JSON with
-machine facts, and a plot.
+(``timing.time_interleaved``: warm-up, medians; on a GPU with CUDA events), JSON with machine facts, and a plot.
+One loop serves both devices: one pass per thread count and dtype on CPU, per dtype on a GPU.
 
-The candidates: dense ``Linear-GELU-Linear`` at 3072 and at as many hidden units as the tree has nodes; the masking
-reference (what the original trains and ships); the paper-style gather/BMM walk (per level, each token gathers
-its node's rows and takes batched dot products: ``impl="walk"``), the same walk through ``torch.compile``; and
-the compiled kernel. Training steps (forward + backward) time the reference, the autograd-free sparse path and
-the kernel.
-
-``device="cuda"`` (``run_device_benchmark``) times, one pass per dtype, dense FF-3072 through cuBLAS (eager) and
-through ``torch.compile``, the masking reference, the PyTorch gather walk / sparse path, and the Triton kernels,
-forward and forward + backward, with CUDA events; ``docs/gpu.md`` says how to run it.
+The candidates: dense ``Linear-GELU-Linear`` at 3072 hidden units (BERT's), at as many as the FFF evaluates per
+token (the equal-FLOPs narrow layer: the floor any conditional layer has to beat) and, on CPU, at as many as the
+tree has nodes; the masking reference (what the original trains and ships); the paper-style gather/BMM walk (per
+level, each token gathers its node's rows and takes batched dot products: ``impl="walk"``), on CPU also through
+``torch.compile``; and the FFF's own kernel: the compiled C++ kernel on CPU, the Triton kernels on a GPU, where
+dense FF-3072 is also timed through ``torch.compile``. Training steps (forward + backward) time the reference,
+the autograd-free sparse path and the kernel.
 """
 
 from __future__ import annotations
@@ -32,6 +30,13 @@ from ..fff.sparse import walk_forward
 from .config import LayerBenchConfig
 from .timing import CUDA_TIMING, TIMING_METHOD, Rounds, TimedCall, machine_info, require_device, time_interleaved
 
+# Outputs against the reference's, relative to its largest: float32 summation orders differ (BLAS vs the kernels);
+# bfloat16 rounds both to 8 bits.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+# Tokens a near-tie may route otherwise than the reference: a logit within rounding of 0 goes either way when the
+# summation order differs; about one decision in a million at width 768 in float32, more in bfloat16.
+MAX_ROUTED_OTHERWISE = 1e-3
+
 
 @dataclass
 class Measurement:
@@ -48,8 +53,9 @@ class Measurement:
 @dataclass
 class Candidate:
     """One implementation under test: a module, and the FFF ``impl`` to set on it (None for dense and for modules
-    that are an FFF path by themselves). ``checked`` ones are compared with the reference before timing; an
-    ``optional`` one that cannot run here (``torch.compile`` without a working compiler) is skipped, not fatal."""
+    that are an FFF path by themselves). ``checked`` ones are compared with the reference before timing, those
+    with ``same_as`` with that candidate; an ``optional`` one that cannot run here (``torch.compile`` without a
+    working compiler) is skipped, not fatal."""
 
     name: str
     module: nn.Module
@@ -57,6 +63,7 @@ class Candidate:
     modes: tuple[str, ...] = ("forward", "train")
     checked: bool | None = None  # default: whether an FFF impl is set
     optional: bool = False
+    same_as: str | None = None  # a candidate whose output this one must match (a compiled copy of it)
 
     def __post_init__(self) -> None:
         if self.checked is None:
@@ -92,50 +99,96 @@ def dense_feedforward(width: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
 
-def build_candidates(config: LayerBenchConfig) -> list[Candidate]:
-    fff = FFF(config.width, config.depth, config.trees)  # published initialisation
+def build_candidates(config: LayerBenchConfig, dtype: torch.dtype = torch.float32) -> list[Candidate]:
+    """The candidates of one pass on ``config.device`` in ``dtype``; the FFF ones share one layer."""
+    device = config.device
+    fff = FFF(config.width, config.depth, config.trees, device=device, dtype=dtype)  # published initialisation
+    narrow = neurons_per_token(config.depth, config.trees)
+    dense = dense_feedforward(config.width, config.dense_width).to(device, dtype)
+    dense_name = f"dense FF-{config.dense_width}"
+    narrow_candidate = Candidate(
+        f"dense FF-{narrow} (equal FLOPs)", dense_feedforward(config.width, narrow).to(device, dtype)
+    )
+    reference = Candidate("FFF reference (masking)", fff, "reference")
+    sparse = Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",))
+    walk = Candidate("FFF gather/BMM (PyTorch)", fff, "walk", modes=("forward",))
+    if device != "cpu":
+        compiled_dense = torch.compile(dense, dynamic=False)
+        return [
+            Candidate(f"{dense_name} (cuBLAS)", dense),
+            Candidate(f"{dense_name} (torch.compile)", compiled_dense, optional=True, same_as=f"{dense_name} (cuBLAS)"),
+            narrow_candidate,
+            reference,
+            walk,
+            sparse,
+            Candidate("FFF Triton", fff, "triton"),
+        ]
     nodes = fff.linear_in.out_features
     compiled = []
-    if config.compiled_gather:
+    if config.compiled_gather and dtype == torch.float32:
+        gather = CompiledGather(fff)
         compiled.append(
-            Candidate(
-                "FFF gather/BMM (torch.compile)", CompiledGather(fff), modes=("forward",), checked=True, optional=True
-            )
+            Candidate("FFF gather/BMM (torch.compile)", gather, modes=("forward",), checked=True, optional=True)
         )
     return [
-        Candidate(f"dense FF-{config.dense_width}", dense_feedforward(config.width, config.dense_width)),
-        Candidate(f"dense FF-{nodes}", dense_feedforward(config.width, nodes)),
-        Candidate("FFF reference (masking)", fff, "reference"),
-        Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",)),
-        Candidate("FFF gather/BMM (PyTorch)", fff, "walk", modes=("forward",)),
+        Candidate(dense_name, dense),
+        narrow_candidate,
+        Candidate(f"dense FF-{nodes}", dense_feedforward(config.width, nodes).to(device, dtype)),
+        reference,
+        sparse,
+        walk,
         *compiled,
         *([Candidate("FFF kernel (C++)", fff, "kernel")] if kernels.available() else []),
     ]
 
 
-def check_against_reference(candidates: list[Candidate], x: Tensor) -> dict[str, str]:
-    """Refuse to time an FFF path whose output differs from the reference on this very input. An optional
-    candidate that raises instead is removed from ``candidates``; returns ``{name: reason}`` of those."""
-    fffs = [c for c in candidates if c.checked]
-    reference = next(c for c in fffs if c.impl == "reference")
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [type(error).__name__])[0][:200]}"
+
+
+def check_against_reference(candidates: list[Candidate], x: Tensor) -> tuple[dict[str, int], dict[str, str]]:
+    """Refuse to time an FFF path whose output differs from the reference's on the tokens that took the reference's
+    path, or that routes more than ``MAX_ROUTED_OTHERWISE`` of the tokens otherwise, and a ``same_as`` candidate that
+    differs from its original. An optional candidate that raises instead is removed from ``candidates``. Returns the
+    number of tokens each FFF layer path routed otherwise, and ``{name: reason}`` of the candidates removed."""
+    tolerance = TOLERANCE[x.dtype]
+    reference = next(c for c in candidates if c.impl == "reference")
+    by_name = {c.name: c for c in candidates}
+    routed_otherwise: dict[str, int] = {}
     skipped: dict[str, str] = {}
     with torch.no_grad():
-        expected = reference.run(x)
-        for candidate in fffs:
+        reference.prepare()
+        expected, expected_path = reference.module(x, return_path=True)
+        for candidate in [c for c in candidates if c.checked or c.same_as]:
+            if candidate is reference:
+                continue
             try:
                 got = candidate.run(x)
             except Exception as error:  # e.g. torch.compile without a working C++ compiler
                 if not candidate.optional:
                     raise
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-                skipped[candidate.name] = f"{type(error).__name__}: {reason}"
+                skipped[candidate.name] = _reason(error)
                 candidates.remove(candidate)
                 print(f"  skipping {candidate.name}: {skipped[candidate.name]}", flush=True)
                 continue
-            error = ((got - expected).abs().max() / expected.abs().max()).item()
-            if error > 1e-4:
-                raise AssertionError(f"{candidate.name} differs from the reference by {error:.2e} (relative)")
-    return skipped
+            target, same = expected, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            if candidate.same_as:
+                target = by_name[candidate.same_as].run(x)
+            elif isinstance(candidate.module, FFF):
+                _, path = candidate.module(x, return_path=True)
+                same = (path == expected_path).flatten(1).all(dim=1)
+                routed_otherwise[candidate.name] = int((~same).sum())
+                if routed_otherwise[candidate.name] > MAX_ROUTED_OTHERWISE * x.shape[0]:
+                    raise AssertionError(
+                        f"{candidate.name} routes {routed_otherwise[candidate.name]} of {x.shape[0]} tokens otherwise"
+                    )
+            error = 0.0
+            if same.any():
+                error = ((got - target)[same].abs().max() / target[same].abs().max()).item()
+            if error > tolerance:
+                what = candidate.same_as or "the reference"
+                raise AssertionError(f"{candidate.name} differs from {what} by {error:.2e} (relative)")
+    return routed_otherwise, skipped
 
 
 def measure(candidates: list[Candidate], mode: str, x: Tensor, rounds: Rounds) -> list[Measurement]:
@@ -200,58 +253,71 @@ def fff_useful_flops(tokens: int, width: int, depth: int, trees: int) -> int:
 
 
 def run_layer_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
-    """Time all candidates (one pass per thread count), print tables and write ``<output>.json`` and ``.png``.
-    ``config.device == "cuda"``: ``run_device_benchmark``."""
+    """Time all candidates, one pass per thread count and dtype (per dtype on a GPU), print tables and write
+    ``<output>.json`` and ``.png``."""
     require_device(config.device)
-    if config.device != "cpu":
-        return run_device_benchmark(config, output)
-    if set(config.dtypes) != {"float32"}:
-        raise ValueError("--dtypes: the CPU benchmark times float32 only (bfloat16 is timed with --device cuda)")
-    torch.manual_seed(config.seed)
-    candidates = build_candidates(config)
+    device = config.device
+    if device != "cpu":
+        if device not in TRITON_DEVICES:
+            raise ValueError(
+                f"--device {device}: the FFF Triton kernels are not registered for it (is Triton installed?)"
+            )
+        # one compiled graph per token count, mode and dtype: more than torch.compile's default of 8 per function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    thread_counts = thread_passes(config.threads) if device == "cpu" else [torch.get_num_threads()]
+    passes_to_run = [(threads, dtype) for threads in thread_counts for dtype in config.dtypes]
+    print(f"passes: {passes_to_run} (threads asked for: {list(config.threads) or 'the current setting'})", flush=True)
     results: list[Measurement] = []
     passes: list[dict] = []
     skipped: dict[str, str] = {}
-    inputs = {tokens: torch.randn(tokens, config.width) for tokens in config.tokens}
-    train_inputs = {tokens: torch.randn(tokens, config.width) for tokens in config.train_tokens}
+    routed: dict[str, dict[str, int]] = {}
+    baseline = ""
     previous_threads = torch.get_num_threads()
-    passes_to_run = thread_passes(config.threads)
-    print(f"thread passes: {passes_to_run} (asked for {list(config.threads) or 'the current setting'})", flush=True)
     try:
-        for threads in passes_to_run:
+        for threads, dtype_name in passes_to_run:
             torch.set_num_threads(threads)
-            print(f"[{threads} threads]", flush=True)
-            for x in inputs.values():
-                skipped.update(check_against_reference(candidates, x))
+            dtype = getattr(torch, dtype_name)
+            label = pass_label(device, threads, dtype_name)
+            print(f"[{label}]", flush=True)
+            torch.manual_seed(config.seed)
+            candidates = build_candidates(config, dtype)
+            baseline = candidates[0].name
+            for tokens in config.tokens:
+                x = torch.randn(tokens, config.width, device=device, dtype=dtype)
+                routed[f"{label}, {tokens} tokens"], removed = check_against_reference(candidates, x)
+                skipped.update(removed)
                 results += _measure_mode(candidates, "forward", x, config)
-            for x in train_inputs.values():
+            for tokens in config.train_tokens:
+                x = torch.randn(tokens, config.width, device=device, dtype=dtype)
                 results += _measure_mode(candidates, "train", x, config)
-            gflops = measure_gemm_gflops(config.width, config.dense_width)
+            gflops = measure_gemm_gflops(config.width, config.dense_width, device=device, dtype=dtype)
             floor = {
                 str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
                 for t in config.tokens
             }
-            passes.append({"threads": threads, "sgemm_gflops": gflops, "fff_floor_ms": floor})
-        machine = machine_info()
+            passes.append({"threads": threads, "dtype": dtype_name, "gemm_gflops": gflops, "fff_floor_ms": floor})
+        machine = machine_info(device)
     finally:
         torch.set_num_threads(previous_threads)
     report = {
         "benchmark": "layer",
+        "device": device,
         "machine": machine,
-        "timing": TIMING_METHOD,
+        "kernel_isa": kernels.isa() if device == "cpu" else None,
+        "timing": TIMING_METHOD if device == "cpu" else f"{TIMING_METHOD}; {CUDA_TIMING}",
         "config": asdict(config),
-        "passes_by": "threads",
         "passes": passes,
         "skipped": skipped,
+        "routed_otherwise_than_reference": routed,
         "results": [asdict(r) for r in results],
     }
     print()
-    print(format_table(report, baseline=candidates[0].name))
+    print(format_table(report, baseline=baseline))
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_layer_report(report, output.with_suffix(".png"), baseline=candidates[0].name)
+        plot_layer_report(report, output.with_suffix(".png"), baseline=baseline)
         print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
     return report
 
@@ -260,33 +326,36 @@ def _progress_line(m: Measurement) -> str:
     return f"  {m.mode:<7} {m.tokens:>6} tokens  {m.name:<32} {m.median_ms:10.4f} ms  ({m.repeats} runs)"
 
 
-def _pass_key(report: dict) -> str:
-    """What the passes of a report differ in: the thread count on CPU, the dtype on a GPU."""
-    return report.get("passes_by", "threads")
+def pass_label(device: str, threads: int, dtype: str) -> str:
+    """How a pass is named in tables and plots: its dtype, and on CPU its thread count."""
+    return f"{dtype}, {threads} threads" if device == "cpu" else dtype
 
 
-def _pass_label(key: str, value: object) -> str:
-    return f"{value} threads" if key == "threads" else str(value)
+def _pass_results(report: dict, run: dict, mode: str) -> list[dict]:
+    return [
+        r
+        for r in report["results"]
+        if r["mode"] == mode and r["threads"] == run["threads"] and r["dtype"] == run["dtype"]
+    ]
 
 
 def format_table(report: dict, baseline: str) -> str:
     """Markdown tables of median ms and the speed-up of each path over ``baseline``: per pass, one per mode."""
-    machine, key = report["machine"], _pass_key(report)
-    lines = [f"cpu={machine['cpu']}  logical cores={machine['logical_cores']}"]
-    if key == "dtype":
-        lines = [f"gpu={machine['gpu']}  cuda={machine['cuda']}  triton={machine['triton']}  {lines[0]}"]
+    machine, device = report["machine"], report.get("device", "cpu")
+    lines = [f"cpu={machine['cpu']}  logical cores={machine['logical_cores']}  kernel isa={report.get('kernel_isa')}"]
+    if device != "cpu":
+        lines = [f"gpu={machine['gpu']}  cuda={machine['cuda']}  triton={machine['triton']}  cpu={machine['cpu']}"]
     for run in report["passes"]:
-        value = run[key]
-        gemm = "sgemm" if key == "threads" else "gemm"
-        lines += ["", f"{key}={value}  {gemm}={run[f'{gemm}_gflops']:.0f} GFLOP/s"]
+        label = pass_label(device, run["threads"], run["dtype"])
+        lines += ["", f"{label}: gemm={run['gemm_gflops']:.0f} GFLOP/s"]
         for mode in ("forward", "train"):
-            rows = [r for r in report["results"] if r["mode"] == mode and r[key] == value]
+            rows = _pass_results(report, run, mode)
             if not rows:
                 continue
             names = list(dict.fromkeys(r["name"] for r in rows))
             tokens = list(dict.fromkeys(r["tokens"] for r in rows))
             by_key = {(r["name"], r["tokens"]): r["median_ms"] for r in rows}
-            lines += ["", f"{mode}, {_pass_label(key, value)}: median ms (speed-up over {baseline})", ""]
+            lines += ["", f"{mode}, {label}: median ms (speed-up over {baseline})", ""]
             lines.append("| implementation | " + " | ".join(f"{t} tokens" for t in tokens) + " |")
             lines.append("|---|" + "---|" * len(tokens))
             for name in names:
@@ -298,44 +367,43 @@ def format_table(report: dict, baseline: str) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             if mode == "forward":
                 floor = " | ".join(f"{run['fff_floor_ms'][str(t)]:.4g}" for t in tokens)
-                lines.append(f"| FFF compute floor (useful FLOPs / {gemm} rate) | {floor} |")
+                lines.append(f"| FFF compute floor (useful FLOPs / gemm rate) | {floor} |")
     for name, reason in report.get("skipped", {}).items():
         lines += ["", f"skipped {name}: {reason}"]
     return "\n".join(lines)
 
 
-def plot_layer_report(report: dict, path: Path, baseline: str, modes: tuple[str, ...] = ("forward",)) -> None:
+def plot_layer_report(report: dict, path: Path, baseline: str, modes: tuple[str, ...] = ("forward", "train")) -> None:
     """Log-log time vs tokens per implementation, and the speed-up over the dense baseline, one row of panels per
-    mode; one line style per pass (thread count, or dtype on a GPU)."""
+    mode that was timed; one line style per pass (thread count and dtype, or dtype on a GPU)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = _pass_key(report)
+    device = report.get("device", "cpu")
+    modes = tuple(mode for mode in modes if any(r["mode"] == mode for r in report["results"])) or ("forward",)
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(len(modes), 2, figsize=(12, 4.5 * len(modes)), squeeze=False)
     for (ax_time, ax_speed), mode in zip(axes, modes, strict=True):
-        rows = [r for r in report["results"] if r["mode"] == mode]
-        names = list(dict.fromkeys(r["name"] for r in rows))
+        names = list(dict.fromkeys(r["name"] for r in report["results"] if r["mode"] == mode))
         for index, run in enumerate(report["passes"]):
-            value, style = run[key], styles[index % len(styles)]
-            base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline and r[key] == value}
+            style, label_suffix = styles[index % len(styles)], pass_label(device, run["threads"], run["dtype"])
+            rows = _pass_results(report, run, mode)
+            base = {r["tokens"]: r["median_ms"] for r in rows if r["name"] == baseline}
             for color, name in enumerate(names):
-                mine = [r for r in rows if r["name"] == name and r[key] == value]
-                points = sorted((r["tokens"], r["median_ms"]) for r in mine)
+                points = sorted((r["tokens"], r["median_ms"]) for r in rows if r["name"] == name)
                 if not points:
                     continue
                 tokens, ms = zip(*points, strict=True)
-                label = f"{name}, {_pass_label(key, value)}"
+                label = f"{name}, {label_suffix}"
                 ax_time.plot(tokens, ms, style, marker="o", color=f"C{color}", label=label)
                 speed_up = [(t, base[t] / m) for t, m in points if t in base]
                 if speed_up:
                     ax_speed.plot(*zip(*speed_up, strict=True), style, marker="o", color=f"C{color}", label=label)
             if mode == "forward":
                 floor = sorted((int(t), ms) for t, ms in run["fff_floor_ms"].items())
-                ax_time.plot(*zip(*floor, strict=True), style, color="gray",
-                             label=f"FFF compute floor, {_pass_label(key, value)}")  # fmt: skip
+                ax_time.plot(*zip(*floor, strict=True), style, color="gray", label=f"FFF compute floor, {label_suffix}")
         for ax, title, ylabel in (
             (ax_time, f"{mode} time", "median ms"),
             (ax_speed, f"{mode}: speed-up over {baseline}", "x"),
@@ -348,135 +416,12 @@ def plot_layer_report(report: dict, path: Path, baseline: str, modes: tuple[str,
             ax.grid(True, which="both", alpha=0.3)
         ax_time.legend(fontsize=7)
     config, machine = report["config"], report["machine"]
-    passes = ", ".join(_pass_label(key, run[key]) for run in report["passes"])
-    fig.suptitle(
-        f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, {passes}, "
-        f"{machine['gpu'] if key == 'dtype' else machine['cpu']}"
-    )
+    passes = ", ".join(pass_label(device, run["threads"], run["dtype"]) for run in report["passes"])
+    where = machine["gpu"] if device != "cpu" else f"{machine['cpu']}, kernel built for {report.get('kernel_isa')}"
+    fig.suptitle(f"FFF {config['trees']}x{config['depth']} vs dense, width {config['width']}, {passes}, {where}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ---- on a GPU -----------------------------------------------------------------------------------------------------
-
-# Outputs against the reference's, relative to its largest: float32 as on CPU; bfloat16 rounds both to 8 bits.
-DEVICE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-# Tokens a near-tie may route otherwise than the reference: a logit within float32 rounding of 0 goes either way
-# when the summation order differs (cuBLAS vs the kernels); about one decision in a million at width 768.
-MAX_ROUTED_OTHERWISE = 1e-3
-DEVICE_FFF_IMPLS = ("walk", "triton")
-
-
-def device_candidates(config: LayerBenchConfig, dtype: torch.dtype) -> tuple[list[Candidate], FFF]:
-    """Dense FF (cuBLAS, and the same module through ``torch.compile``), the masking reference, the PyTorch gather
-    walk / sparse path (what ``impl="auto"`` falls back to without Triton) and the Triton kernels; and the FFF."""
-    fff = FFF(config.width, config.depth, config.trees, device=config.device, dtype=dtype)
-    dense = dense_feedforward(config.width, config.dense_width).to(config.device, dtype)
-    name = f"dense FF-{config.dense_width}"
-    candidates = [
-        Candidate(f"{name} (cuBLAS)", dense),
-        Candidate(f"{name} (torch.compile)", torch.compile(dense, dynamic=False), optional=True),
-        Candidate("FFF reference (masking)", fff, "reference"),
-        Candidate("FFF gather/BMM (PyTorch)", fff, "walk", modes=("forward",)),
-        Candidate("FFF sparse (PyTorch)", fff, "sparse", modes=("train",)),
-        Candidate("FFF Triton", fff, "triton"),
-    ]
-    return candidates, fff
-
-
-def check_on_device(candidates: list[Candidate], fff: FFF, x: Tensor) -> tuple[dict[str, int], dict[str, str]]:
-    """Refuse to time an FFF path whose output differs from the reference's on the tokens that took the reference's
-    path, or that routes more than ``MAX_ROUTED_OTHERWISE`` of the tokens otherwise; and the compiled dense FF
-    against the eager one (removed, with the reason, if it cannot compile here). Returns the number of tokens each
-    FFF path routed otherwise, and ``{name: reason}`` of the candidates removed."""
-    tolerance = DEVICE_TOLERANCE[x.dtype]
-    routed_otherwise: dict[str, int] = {}
-    skipped: dict[str, str] = {}
-    with torch.no_grad():
-        fff.impl = "reference"
-        expected, expected_path = fff(x, return_path=True)
-        for impl in DEVICE_FFF_IMPLS:
-            fff.impl = impl
-            got, path = fff(x, return_path=True)
-            same = (path == expected_path).flatten(1).all(dim=1)
-            routed_otherwise[impl] = int((~same).sum())
-            if routed_otherwise[impl] > MAX_ROUTED_OTHERWISE * x.shape[0]:
-                raise AssertionError(f"FFF {impl} routes {routed_otherwise[impl]} of {x.shape[0]} tokens otherwise")
-            error = ((got - expected)[same].abs().max() / expected[same].abs().max()).item() if same.any() else 0.0
-            if error > tolerance:
-                raise AssertionError(f"FFF {impl} differs from the reference by {error:.2e} (relative)")
-        eager, compiled = candidates[0], candidates[1]
-        try:
-            error = ((compiled.run(x) - eager.run(x)).abs().max() / eager.run(x).abs().max()).item()
-        except Exception as failure:  # e.g. no working Triton/compiler for inductor here
-            reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:200]
-            skipped[compiled.name] = f"{type(failure).__name__}: {reason}"
-            candidates.remove(compiled)
-            print(f"  skipping {compiled.name}: {skipped[compiled.name]}", flush=True)
-        else:
-            if error > tolerance:
-                raise AssertionError(f"{compiled.name} differs from {eager.name} by {error:.2e} (relative)")
-    return routed_otherwise, skipped
-
-
-def run_device_benchmark(config: LayerBenchConfig, output: str | Path | None = None) -> dict:
-    """The layer benchmark on a GPU (``config.device``): one pass per dtype of ``config.dtypes``, each candidate
-    checked and timed with CUDA events at every token count, forward and forward + backward; JSON and plot as on
-    CPU."""
-    require_device(config.device)
-    if config.device not in TRITON_DEVICES:
-        raise ValueError(
-            f"--device {config.device}: the FFF Triton kernels are not registered for it (is Triton installed?)"
-        )
-    # one compiled graph per token count, mode and dtype: more than torch.compile's default of 8 per function
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    results: list[Measurement] = []
-    passes: list[dict] = []
-    skipped: dict[str, str] = {}
-    routed: dict[str, dict[str, int]] = {}
-    baseline = ""
-    for dtype_name in config.dtypes:
-        dtype = getattr(torch, dtype_name)
-        torch.manual_seed(config.seed)
-        candidates, fff = device_candidates(config, dtype)
-        baseline = candidates[0].name
-        print(f"[{dtype_name}]", flush=True)
-        for tokens in config.tokens:
-            x = torch.randn(tokens, config.width, device=config.device, dtype=dtype)
-            routed[f"{dtype_name}, {tokens} tokens"], removed = check_on_device(candidates, fff, x)
-            skipped.update(removed)
-            results += _measure_mode(candidates, "forward", x, config)
-        for tokens in config.train_tokens:
-            x = torch.randn(tokens, config.width, device=config.device, dtype=dtype)
-            results += _measure_mode(candidates, "train", x, config)
-        gflops = measure_gemm_gflops(config.width, config.dense_width, device=config.device, dtype=dtype)
-        floor = {
-            str(t): fff_useful_flops(t, config.width, config.depth, config.trees) / (gflops * 1e9) * 1e3
-            for t in config.tokens
-        }
-        passes.append({"dtype": dtype_name, "gemm_gflops": gflops, "fff_floor_ms": floor})
-    report = {
-        "benchmark": "layer",
-        "device": config.device,
-        "machine": machine_info(config.device),
-        "timing": f"{TIMING_METHOD}; {CUDA_TIMING}",
-        "config": asdict(config),
-        "passes_by": "dtype",
-        "passes": passes,
-        "skipped": skipped,
-        "routed_otherwise_than_reference": routed,
-        "results": [asdict(r) for r in results],
-    }
-    print()
-    print(format_table(report, baseline=baseline))
-    if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_layer_report(report, output.with_suffix(".png"), baseline=baseline, modes=("forward", "train"))
-        print(f"\nwrote {output.with_suffix('.json')} and {output.with_suffix('.png')}")
-    return report
 
 
 def run_shape_benchmark(
@@ -487,7 +432,8 @@ def run_shape_benchmark(
     output: str | Path | None = None,
 ) -> dict:
     """Trees vs depth at (nearly) equal total neurons (1x11, 2x10, ... all hold ~4095): forward ms per token of the
-    default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference, all
+    default path (the kernel where it builds) for each ``(trees, depth)``, each checked against the reference, and
+    of the equal-FLOPs narrow dense layer of each shape (as many hidden units as the FFF evaluates per token), all
     timed together in interleaved rounds."""
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -495,42 +441,54 @@ def run_shape_benchmark(
     torch.manual_seed(0)
     x = torch.randn(tokens, width)
     layers = {f"{trees}x{depth}": FFF(width, depth, trees) for trees, depth in shapes}
+    narrow_widths = sorted({layer.neurons_per_token for layer in layers.values()})
+    narrow = {hidden: Candidate(f"dense FF-{hidden}", dense_feedforward(width, hidden)) for hidden in narrow_widths}
     try:
         defaults = []
         for name, layer in layers.items():
             default = Candidate(name, layer, "auto")
             check_against_reference([Candidate(f"{name} reference", layer, "reference"), default], x)
             defaults.append(default)
-        rounds = LayerBenchConfig().rounds(len(defaults))
-        timed = {m.name: m for m in measure(defaults, "forward", x, rounds)}
+        candidates = [*defaults, *narrow.values()]
+        rounds = LayerBenchConfig().rounds(len(candidates))
+        timed = {m.name: m for m in measure(candidates, "forward", x, rounds)}
         machine = machine_info()
     finally:
         torch.set_num_threads(previous_threads)
-    rows = [
-        {
-            "trees": layer.trees,
-            "depth": layer.depth,
-            "neurons": layer.linear_in.out_features,
-            "neurons_per_token": layer.neurons_per_token,
-            "path": layer.resolve_impl(x),
-            "median_ms": timed[name].median_ms,
-            "us_per_token": timed[name].median_ms * 1e3 / tokens,
-        }
-        for name, layer in layers.items()
-    ]
+    rows = []
+    for name, layer in layers.items():
+        narrow_ms = timed[narrow[layer.neurons_per_token].name].median_ms
+        rows.append(
+            {
+                "trees": layer.trees,
+                "depth": layer.depth,
+                "neurons": layer.linear_in.out_features,
+                "neurons_per_token": layer.neurons_per_token,
+                "path": layer.resolve_impl(x),
+                "median_ms": timed[name].median_ms,
+                "us_per_token": timed[name].median_ms * 1e3 / tokens,
+                "equal_flops_dense_ms": narrow_ms,
+                "time_over_equal_flops_dense": timed[name].median_ms / narrow_ms,
+            }
+        )
     report = {
         "benchmark": "layer-shapes",
         "machine": machine,
+        "kernel_isa": kernels.isa(),
         "timing": TIMING_METHOD,
         "width": width,
         "tokens": tokens,
         "results": rows,
     }
-    lines = ["| trees x depth | neurons | used per token | path | ms | us per token |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| trees x depth | neurons | used per token | path | ms | us per token | equal-FLOPs dense ms | FFF / dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['trees']}x{row['depth']} | {row['neurons']} | {row['neurons_per_token']} | {row['path']} | "
-            f"{row['median_ms']:.3f} | {row['us_per_token']:.4f} |"
+            f"{row['median_ms']:.3f} | {row['us_per_token']:.4f} | {row['equal_flops_dense_ms']:.3f} | "
+            f"{row['time_over_equal_flops_dense']:.2f}x |"
         )
     print("\n".join(lines))
     if output is not None:
