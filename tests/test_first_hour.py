@@ -261,3 +261,18 @@ def test_the_seed_range_of_gain_retention_takes_every_task_at_its_worst_and_best
     }
     low, high = seed_range_of_gain(report, "fff")
     assert low == pytest.approx((0.5 + 0.5) / 2) and high == pytest.approx((1.0 + 1.0) / 2)
+
+
+def test_pretrain_warns_of_a_gpu_scale_batch_on_a_cpu_and_records_its_corpus(tmp_path, capsys):
+    rng = random.Random(3)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choices(FILLER + GROUPS["colour"], k=30)) for _ in range(200)))
+    run = tmp_path / "run"
+    args = ["pretrain", "--output", str(run), "--corpus", str(corpus), "--preset", "tiny-ufb-2x3", "--device", "cpu"]
+    args += ["--vocab-size", "60", "--seq-len", "16", "--max-steps", "1", "--micro-batch", "8", "--batch", "1024"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), "--eval-every-steps", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --batch 1024 is the recipe's GPU-scale optimizer step: 128 forward and backward passes" in err
+    assert "preparing the data" in err
+    record = json.loads((run / "model" / PRETRAINING).read_text())
+    assert record == {"corpus": [str(corpus.resolve())], "seq_len": 16}
