@@ -276,3 +276,20 @@ def test_pretrain_warns_of_a_gpu_scale_batch_on_a_cpu_and_records_its_corpus(tmp
     assert "preparing the data" in err
     record = json.loads((run / "model" / PRETRAINING).read_text())
     assert record == {"corpus": [str(corpus.resolve())], "seq_len": 16}
+
+
+def test_the_kernel_says_it_is_compiling_only_when_it_compiles(tmp_path, monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    from ultrafastbert.fff import kernels
+
+    monkeypatch.setattr(kernels, "build_directory", lambda: tmp_path / "build")
+    loads = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **settings: loads.append(settings["build_directory"]))
+    kernels._build()
+    assert f"compiling the FFF kernel for this CPU (first use only, about 20 s; cached in {tmp_path / 'build'})" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "build" / f"{kernels.LIBRARY}.so").touch()  # built before: loading it is silent
+    kernels._build()
+    assert capsys.readouterr().err == "" and loads == [str(tmp_path / "build")] * 2
