@@ -487,8 +487,7 @@ def plot(payload: dict, path: Path) -> None:
     axes[1].set(
         xlabel=f"whole-model speed-up, batch {batch} x 128",
         ylabel="gain-above-majority retention (%)",
-        title="downstream retention vs speed"
-        + (f" ({', '.join(unfinetuned)} not finetuned)" if unfinetuned else ""),
+        title="downstream retention vs speed" + (f" ({', '.join(unfinetuned)} not finetuned)" if unfinetuned else ""),
         xlim=(0.9, top),
         ylim=(-5, 105),
     )
