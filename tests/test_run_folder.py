@@ -279,12 +279,12 @@ def test_a_pointer_at_a_missing_folder_is_an_error(tmp_path):
 
 
 def test_a_run_that_ends_before_writing_anything_leaves_no_folder_behind(tmp_path):
-    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    fresh, existing, nested = tmp_path / "fresh", tmp_path / "existing", tmp_path / "new" / "deeper" / "run"
     existing.mkdir()
-    for folder in (fresh, existing):
+    for folder in (fresh, existing, nested):
         with pytest.raises(RuntimeError, match="refused"), run_folder_lock(folder):
             raise RuntimeError("refused")
-    assert not fresh.exists()  # created for the lock and removed with it
+    assert not fresh.exists() and not (tmp_path / "new").exists()  # created for the lock and removed with it
     assert existing.is_dir()  # a folder the user made stays
     with run_folder_lock(fresh):
         (fresh / "metrics.jsonl").write_text("{}\n")

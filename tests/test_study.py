@@ -278,6 +278,7 @@ def test_inspect_command_prints_tree_health_per_layer(tmp_path, capsys):
     CrammedBertForMaskedLM(config).save_pretrained(folder)
     args = ["inspect", "--model", str(folder), "--corpus", str(text), "--seq-len", "32", "--max-sequences", "4"]
     assert main(args + ["--cache-dir", str(tmp_path / "cache")]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    corpus, *lines = capsys.readouterr().out.splitlines()
+    assert corpus == f"corpus: {text} (--corpus)"  # which text the health was measured on
     assert lines[0].startswith("UltraFastBERT-1x3: tree health over 128 tokens of 4 validation sequences")
     assert len(lines) == 4 and lines[2].split()[0] == "0" and lines[3].split()[0] == "1"

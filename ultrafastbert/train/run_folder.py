@@ -121,15 +121,20 @@ def _restore_from_holder(holder: Path, name: str) -> None:
         logger.warning("put %s back: a process killed while replacing it had moved it aside", destination)
 
 
+def _check_no_file_above(destination: Path) -> None:
+    """``NotADirectoryError`` naming the file when a file stands where a folder above ``destination`` must be."""
+    blocking = next((folder for folder in destination.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(f"cannot write {destination}: {blocking} is a file, not a folder")
+
+
 def staging_folder(destination: str | Path) -> Path:
     """A new marked folder ``.NAME.tmp-PID`` beside ``destination`` to build it in (then :func:`publish_folder`).
     Creating it is the check that the destination can be written: an ``OSError`` naming the destination
     otherwise. What killed processes of this package left beside it is cleared first."""
     destination = Path(destination)
     parent = destination.parent
-    blocking = next((folder for folder in (parent, *parent.parents) if folder.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise NotADirectoryError(f"cannot write {destination}: {blocking} is a file, not a folder")
+    _check_no_file_above(destination)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(parent)
@@ -165,17 +170,19 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
     the same process asking twice is refused too.
     """
     folder = Path(folder)
-    created = not folder.exists()
+    _check_no_file_above(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with _held_lock(folder):
             yield
     finally:
-        # a run refused (or failed) before writing anything leaves no folder holding nothing but the lock file
+        # a run refused (or failed) before writing anything leaves none of the folders it made for the lock
         with contextlib.suppress(OSError):
             if created and [path.name for path in folder.iterdir()] == [LOCK]:
                 (folder / LOCK).unlink(missing_ok=True)
-                folder.rmdir()
+                for path in created:
+                    path.rmdir()
 
 
 @contextlib.contextmanager
