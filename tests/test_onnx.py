@@ -1,7 +1,8 @@
 """ONNX export with ``torch.onnx.export`` (the dynamo exporter), with nothing asked of the user: crammedBERT dense,
 UltraFastBERT (FFF) and FFF-BERT models, loaded from saved folders, run by ONNX Runtime against eager PyTorch to
-1e-4 at the traced shape and at another; the FFF's export formulation (``fff.onnx.gather_fff``) against the
-reference on random shapes, dtypes, routing offsets and gradients."""
+1e-4 at the traced shape and at another; the FFF's gather formulation for deep trees (``fff.onnx.gather_fff``)
+against the reference on random shapes, dtypes, routing offsets and gradients. Trees of depth up to
+``DENSE_MAX_DEPTH`` are exported as the reference itself; the tests export trees on both sides of it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transformers import AutoModel, AutoModelForMaskedLM
 
 from ultrafastbert import CrammedBertConfig, CrammedBertForMaskedLM, CrammedBertForSequenceClassification
 from ultrafastbert.fff import FFF, fff_reference, kernels, visited_nodes_reference
-from ultrafastbert.fff.onnx import exporting_to_onnx, gather_fff
+from ultrafastbert.fff.onnx import DENSE_MAX_DEPTH, exporting_to_onnx, gather_fff
 from ultrafastbert.model.fffbert import FFFBertConfig, FFFBertForMaskedLM
 
 ort = pytest.importorskip("onnxruntime")
@@ -142,10 +143,12 @@ def test_gather_fff_gradients_match_reference():
         assert_close(got, want)
 
 
-def test_layer_takes_gather_fff_only_while_exporting_to_onnx():
-    """Eager and ``torch.export`` keep the compiled op; an ONNX export of the layer holds no custom operator."""
+@pytest.mark.parametrize("depth", [3, DENSE_MAX_DEPTH + 1])
+def test_layer_takes_its_onnx_form_only_while_exporting_to_onnx(depth):
+    """Eager and ``torch.export`` keep the compiled op; an ONNX export of the layer holds no custom operator: two
+    matrix products for a shallow tree (dense masking), gathers and no matrix product for a deep one."""
     assert not exporting_to_onnx()
-    layer = randomize(FFF(8, 3, trees=2))
+    layer = randomize(FFF(8, depth, trees=2))
     x = torch.randn(5, 8)
     with torch.no_grad():
         graph = torch.export.export(layer, (x,)).graph
@@ -153,6 +156,9 @@ def test_layer_takes_gather_fff_only_while_exporting_to_onnx():
     if kernels.available():
         assert "ultrafastbert.fff_infer.default" in {str(node.target) for node in graph.nodes}
     assert {node.domain for node in program.model_proto.graph.node} == {""}
+    operators = [node.op_type for node in program.model_proto.graph.node]
+    products = sum(op in ("Gemm", "MatMul") for op in operators)
+    assert (products, "Gather" in operators) == ((2, False) if depth <= DENSE_MAX_DEPTH else (0, True))
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert_close(torch.from_numpy(got), layer(x).detach(), **PARITY)
@@ -160,8 +166,9 @@ def test_layer_takes_gather_fff_only_while_exporting_to_onnx():
 
 
 @pytest.mark.slow
-def test_balancing_layer_exports_with_its_routing_offsets(tmp_path):
-    layer = randomize(FFF(8, 3, trees=2, balance_rate=0.01))
+@pytest.mark.parametrize("depth", [3, DENSE_MAX_DEPTH + 1])
+def test_balancing_layer_exports_with_its_routing_offsets(depth):
+    layer = randomize(FFF(8, depth, trees=2, balance_rate=0.01))
     layer.routing_offset.copy_(torch.randn(layer.routing_offset.shape))
     x = torch.randn(40, 8)
     program = torch.onnx.export(layer, (x,), dynamo=True, verbose=False)
@@ -169,21 +176,23 @@ def test_balancing_layer_exports_with_its_routing_offsets(tmp_path):
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert_close(torch.from_numpy(got), layer(x), **PARITY)
-        assert_close(layer(x), fff_reference(x, *layer._parameter_tensors(), 3, 2, layer.routing_offset))
+        assert_close(layer(x), fff_reference(x, *layer._parameter_tensors(), depth, 2, layer.routing_offset))
 
 
 # ---- whole models, as a user exports them ----------------------------------------------------------------------
 
 
 def test_ultrafastbert_folder_exports_without_user_action(tmp_path):
-    """The acceptance case: a saved UltraFastBERT folder, loaded by the Auto class, exported under autograd (the
-    exporter's default) with its FFF layers on ``impl="auto"``; nothing else is called."""
-    crammed("fff", CrammedBertForMaskedLM).save_pretrained(tmp_path / "folder")
+    """The acceptance case: a saved UltraFastBERT folder (trees deep enough to be exported as gathers), loaded by
+    the Auto class, exported under autograd (the exporter's default) with its FFF layers on ``impl="auto"``;
+    nothing else is called."""
+    crammed("fff", CrammedBertForMaskedLM, fff_depth=DENSE_MAX_DEPTH + 1).save_pretrained(tmp_path / "folder")
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "folder").eval()
     assert export_and_compare(model, tmp_path) == {""}
     assert model.config.fff_impl == "auto"
 
 
+@pytest.mark.slow
 def test_fffbert_exports(tmp_path):
     fffbert().save_pretrained(tmp_path / "folder")
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "folder").eval()

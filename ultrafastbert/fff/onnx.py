@@ -1,13 +1,14 @@
 """The FFF as an ONNX graph can hold it: what ``FFF.forward`` computes while ``torch.onnx.export`` traces it.
 
 The compiled ops (``ops.fff_infer``, ``ops.fff_forward``) have no ONNX form, so during an ONNX export every FFF
-layer (any ``impl`` but ``"reference"``, which is exported as the dense masking it is) takes ``gather_fff``
-instead, with no call from the user: per tree level, each token gathers its node's ``linear_in`` row, multiplies
-and sums (``Gather``, ``Mul``, ``ReduceSum``) and routes; the ``linear_out`` rows of all the visited nodes are
-gathered once at the end and weighted by their activations. Of the formulations tried, it ran fastest in ONNX
-Runtime (one thread, width 768, depth 11, 128 tokens, AMD EPYC): 1.2 ms, against 1.5 ms gathering the output rows
-per level, 7.3 ms for ``sparse.walk_forward``'s einsums, 11 ms for batched matmuls, 18.6 ms for the dense masking
-reference; the compiled kernel takes 0.21 ms in PyTorch. Whole-model figures: ``benchmarks/onnx.py``.
+layer (any ``impl`` but ``"reference"``, which is exported as it is) takes ``onnx_fff`` instead, with no call from
+the user. For trees of depth up to ``DENSE_MAX_DEPTH`` that is the dense masking reference, whose two matrix
+products ONNX Runtime runs faster than any gather form while the trees are small; deeper trees take
+``gather_fff``: per tree level, each token gathers its node's ``linear_in`` row, multiplies and sums (``Gather``,
+``Mul``, ``ReduceSum``) and routes; the ``linear_out`` rows of all the visited nodes are gathered once at the end
+and weighted by their activations.
+
+The crossover and the formulations tried are measured in ``benchmarks/README.md`` (ONNX Runtime section).
 """
 
 from __future__ import annotations
@@ -17,13 +18,33 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .reference import compute_dtype, tree_offsets
+from .reference import compute_dtype, fff_reference, tree_offsets, visited_nodes_reference
+
+# Deepest tree exported as the dense masking computation (127 nodes a tree); deeper ones are exported as gathers.
+DENSE_MAX_DEPTH = 6
 
 
 def exporting_to_onnx() -> bool:
     """True while ``torch.onnx.export`` traces the model (its ``torch.export`` capture). ``is_compiling`` is asked
     first: 0.1 us in eager, against 2 us for ``torch.onnx.is_in_onnx_export``."""
     return is_compiling() and torch.onnx.is_in_onnx_export()
+
+
+def onnx_fff(
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The FFF on ``x`` ``(N, H)`` as an ONNX export computes it (``weight_out`` as ``linear_out`` stores it): the
+    output ``(N, H)`` and the visited global node indices ``(N, K, D+1)`` (left out of the graph when unused)."""
+    if depth <= DENSE_MAX_DEPTH:
+        out = fff_reference(x, weight_in, bias_in, weight_out, depth, trees, routing_offset)
+        return out, visited_nodes_reference(x, weight_in, bias_in, depth, trees, routing_offset)
+    return gather_fff(x, weight_in, bias_in, weight_out.t(), depth, trees, routing_offset)
 
 
 def gather_fff(
