@@ -202,6 +202,9 @@ def test_bad_glue_inputs_give_clear_errors(glue_root, tmp_path):
     bad.write_text("gj04\t1\tonly three fields\n")
     with pytest.raises(ValueError, match=r"bad.tsv:1: expected 4 tab-separated fields, got 3"):
         read_glue_tsv(bad, GLUE_TASKS["cola"])
+    bad.write_bytes("sentence\tlabel\ngood movie\t1\ncaf\u00e9 cr\u00e8me\t0\n".encode("latin-1"))  # not UTF-8
+    with pytest.raises(ValueError, match=r"bad.tsv: line 3 is not UTF-8"):
+        read_glue_tsv(bad, spec)
 
 
 def test_task_names_are_canonical_or_refused_with_the_known_ones():

@@ -157,7 +157,11 @@ def read_glue_tsv(path: Path | str, spec: GlueSpec) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GLUE file {path} not found")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()  # MRPC's files start with a byte-order mark
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # MRPC's files start with a byte-order mark
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not UTF-8 (GLUE's files are); convert the file to UTF-8") from None
     if spec.has_header:
         if not lines:
             raise ValueError(f"{path} is empty; expected a header line")
