@@ -17,9 +17,10 @@ from fff_helpers import (
     relative_error,
     run_with_grads,
 )
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ultrafastbert import FFF
-from ultrafastbert.fff import kernels, nodes_per_tree, update_routing_offsets
+from ultrafastbert.fff import kernels, nodes_per_tree, ops, update_routing_offsets
 from ultrafastbert.fff.balance import balancing_layers, routing_step, take_routing_loss, take_routing_visits
 from ultrafastbert.model.configuration import CrammedBertConfig
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
@@ -284,3 +285,28 @@ def test_the_load_balancing_loss_pushes_logits_against_the_busier_side():
     path = layer.visited_nodes(x)
     shares = ((path[:, :, 1] - path[:, :, 0]) == 2).double().mean(0).tolist()
     assert all(0.3 <= share <= 0.7 for share in shares), shares
+
+
+@pytest.mark.skipif(not kernels.available(), reason="compiled kernel unavailable on this machine")
+def test_the_ops_take_routing_offsets_with_checked_fakes_and_autograd():
+    """``opcheck`` (schema, fake tensors, autograd) on the CPU ops with an offset, and a wrongly shaped offset
+    refused with the kernel's message, by the kernel and by the fake alike."""
+    layer = balancing_layer(16, 2, 2, seed=4)
+    x = random_input((5, 16), seed=5)
+    weights = (layer.linear_in.weight.detach(), layer.linear_in.bias.detach(), layer._weight_out_t())
+    offset = layer.routing_offset
+    for op, inputs in (
+        (torch.ops.ultrafastbert.fff_infer.default, (x, *weights, 2, 2, offset)),
+        (torch.ops.ultrafastbert.fff_forward.default, (x.clone().requires_grad_(True), *weights, 2, 2, offset)),
+    ):
+        report = torch.library.opcheck(op, inputs)
+        assert all(outcome == "SUCCESS" for outcome in report.values()), report
+    message = r"fff: routing_offset must be \(14,\) float32"
+    with pytest.raises(RuntimeError, match=message):
+        ops.fff_infer(x, *weights, 2, 2, offset[:-1])
+    with pytest.raises(RuntimeError, match=message):
+        ops.fff_forward(x, *weights, 2, 2, offset.double())
+    short = offset[:-1].clone()
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        fake = [mode.from_tensor(t) for t in (x, *weights, short)]
+        ops.fff_forward(*fake[:4], 2, 2, fake[4])

@@ -274,12 +274,15 @@ def bfloat16_cases() -> dict[str, dict]:
 
 def layer_cases() -> dict[str, dict]:
     """The layer with ``impl="triton"`` through the registered ops and their autograd (default block sizes, width
-    150: two chunks), against ``impl="reference"``: output, path and all four parameter/input gradients."""
+    150: two chunks), against ``impl="reference"``: output, path and all four parameter/input gradients. A
+    balancing layer with random routing offsets, so that the ops' offset argument is exercised too (the direct
+    kernel cases cover calls without it)."""
     torch.manual_seed(9)
-    layer = FFF(150, 5, 2, impl="reference", device=DEVICE)
+    layer = FFF(150, 5, 2, impl="reference", device=DEVICE, balance_rate=0.01)
     with torch.no_grad():
         layer.linear_in.bias.normal_(0.0, 0.5)
         layer.linear_out.weight.normal_(0.0, 0.1)
+        layer.routing_offset.normal_(0.0, 0.5)
     x = torch.randn(3, 7, 150, device=DEVICE)
     upstream = torch.randn(3, 7, 150, device=DEVICE)
     results = {}

@@ -175,7 +175,7 @@ class FFF(nn.Module):
         indices ``(..., trees, depth+1)``, root first."""
         weight_in, bias_in, weight_out = self._parameter_tensors()
         offset = self._buffers.get("routing_offset")
-        if not return_path and offset is None and self._impl in _KERNEL_IMPLS and isinstance(x, Tensor):
+        if not return_path and self._impl in _KERNEL_IMPLS and isinstance(x, Tensor):
             # The inference hot path, a few microseconds at one token: every condition is one cheap attribute
             # test (the op checks the rest), and any input it does not take goes the checked general way below.
             dtype, shape = x.dtype, x.shape
@@ -192,8 +192,10 @@ class FFF(nn.Module):
             ):
                 weight_out_t = self._weight_out_t(weight_out)
                 if len(shape) == 2:
-                    return ops.fff_infer(x, weight_in, bias_in, weight_out_t, self.depth, self.trees)
-                out = ops.fff_infer(x.reshape(-1, self.width), weight_in, bias_in, weight_out_t, self.depth, self.trees)
+                    return ops.fff_infer(x, weight_in, bias_in, weight_out_t, self.depth, self.trees, offset)
+                out = ops.fff_infer(
+                    x.reshape(-1, self.width), weight_in, bias_in, weight_out_t, self.depth, self.trees, offset
+                )
                 return out.view(shape)
         self._check_input(x, weight_in)
         impl = self.resolve_impl(x)
@@ -201,9 +203,6 @@ class FFF(nn.Module):
         training = self.training and needs_grad
         record = (offset is not None or self.record_visits) and training
         auxiliary = self.balance_loss > 0 and self.depth > 0 and training  # the load-balancing loss
-        if offset is not None and impl in ("kernel", "triton"):
-            # The compiled ops take no routing offset yet: a balancing layer runs the PyTorch paths.
-            impl = "sparse" if needs_grad else "walk"
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.width)
         if impl != "reference" and exporting_to_onnx():  # the compiled ops have no ONNX form: see onnx.py
@@ -220,16 +219,16 @@ class FFF(nn.Module):
         elif impl in ("kernel", "triton"):  # the same ops; the device picks the implementation
             if needs_grad:
                 weight_out_t = weight_out.t().contiguous()  # differentiable: its gradient is transposed back
-                out, nodes, _ = ops.fff_forward(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees)
+                out, nodes, _ = ops.fff_forward(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees, offset)
             elif return_path:
                 with torch.no_grad():
                     out, nodes, _ = ops.fff_forward(
-                        flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees
+                        flat, weight_in, bias_in, self._weight_out_t(weight_out), self.depth, self.trees, offset
                     )
             else:  # inference without the path (on CPU the hot path above has usually taken it)
                 with torch.no_grad():
                     weight_out_t = self._weight_out_t(weight_out)
-                    out = ops.fff_infer(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees)
+                    out = ops.fff_infer(flat, weight_in, bias_in, weight_out_t, self.depth, self.trees, offset)
         else:  # "walk"
             if needs_grad:
                 raise RuntimeError(

@@ -5,7 +5,8 @@ and fake tensors work whether or not the native library is built; the CPU implem
 once ``kernels.available()`` has loaded it. Semantics are those of ``docs/design.md`` §1, implemented in pure
 PyTorch by ``sparse.walk_forward`` / ``sparse.walk_backward``; call the ops through the typed wrappers below:
 
-- ``fff_infer(x, weight_in, bias_in, weight_out_t, depth, trees) -> out``: inference, saves nothing.
+- ``fff_infer(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset=None) -> out``: inference, saves
+  nothing; ``routing_offset`` is a balancing layer's (``balance``), used for routing only.
 - ``fff_forward(...) -> (out, nodes, logits)``: training forward, differentiable.
 - ``fff_backward(grad_out, x, weight_in, weight_out_t, nodes, logits) -> (grad_x, grad_weight_in,
   grad_bias_in, grad_weight_out_t)``.
@@ -36,13 +37,16 @@ TRITON_DEVICES: set[str] = set()
 
 _LIB = torch.library.Library("ultrafastbert", "DEF")  # schemas here; CPU implementations in csrc/
 _TAGS = (torch.Tag.pt2_compliant_tag,)
+# routing_offset: a balancing layer's (K*n,) float32 offsets, added to the logits for routing only (optional, so
+# calls without it are those of the published layer)
 _LIB.define(
-    "fff_infer(Tensor x, Tensor weight_in, Tensor bias_in, Tensor weight_out_t, int depth, int trees) -> Tensor",
+    "fff_infer(Tensor x, Tensor weight_in, Tensor bias_in, Tensor weight_out_t, int depth, int trees,"
+    " Tensor? routing_offset=None) -> Tensor",
     tags=_TAGS,
 )
 _LIB.define(
-    "fff_forward(Tensor x, Tensor weight_in, Tensor bias_in, Tensor weight_out_t, int depth, int trees)"
-    " -> (Tensor, Tensor, Tensor)",
+    "fff_forward(Tensor x, Tensor weight_in, Tensor bias_in, Tensor weight_out_t, int depth, int trees,"
+    " Tensor? routing_offset=None) -> (Tensor, Tensor, Tensor)",
     tags=_TAGS,
 )
 _LIB.define(
@@ -59,27 +63,43 @@ _backward_op = torch.ops.ultrafastbert.fff_backward.default
 # ---- the typed wrappers ---------------------------------------------------------------------------------------
 
 
-def fff_infer(x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int) -> Tensor:
+def fff_infer(
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
+) -> Tensor:
     """FFF inference: ``x`` ``(N, H)`` -> output ``(N, H)`` in ``x.dtype``.
 
     ``trees`` trees of depth ``depth``, ``n = 2**(depth+1) - 1`` nodes each: ``weight_in`` ``(K*n, H)`` and
     ``bias_in`` ``(K*n,)`` are ``linear_in``'s, ``weight_out_t`` ``(K*n, H)`` is ``linear_out.weight.T``. float32 or
-    bfloat16 throughout (computed in float32, rounded once). Saves nothing and has no autograd: train with
-    ``fff_forward``.
+    bfloat16 throughout (computed in float32, rounded once). ``routing_offset`` ``(K*n,)`` float32 (a balancing
+    layer's): a token goes right when ``logit + offset > 0``; the activation stays ``GELU(logit)``. Saves nothing
+    and has no autograd: train with ``fff_forward``.
     """
-    return _infer_op(x, weight_in, bias_in, weight_out_t, depth, trees)
+    return _infer_op(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
 
 
 def fff_forward(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """FFF training forward, inputs as ``fff_infer``'s: ``(out, nodes, logits)``.
 
     ``out`` ``(N, H)`` is ``fff_infer``'s output; ``nodes`` (int64) and ``logits`` (float32), both ``(N, K, D+1)``,
     are the global node index each token visits per tree and level (root first) and its pre-GELU logit: what the
-    backward needs. Differentiable in ``x`` and the three weights (through ``fff_backward``).
+    backward needs (the logits without the routing offset). Differentiable in ``x`` and the three weights (through
+    ``fff_backward``); the offset gets no gradient.
     """
-    return _forward_op(x, weight_in, bias_in, weight_out_t, depth, trees)
+    return _forward_op(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
 
 
 def fff_backward(
@@ -205,17 +225,29 @@ def check_backward_inputs(
 
 @torch.library.register_fake("ultrafastbert::fff_infer")
 def _fff_infer_fake(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> Tensor:
-    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees)
+    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
     return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("ultrafastbert::fff_forward")
 def _fff_forward_fake(
-    x: Tensor, weight_in: Tensor, bias_in: Tensor, weight_out_t: Tensor, depth: int, trees: int
+    x: Tensor,
+    weight_in: Tensor,
+    bias_in: Tensor,
+    weight_out_t: Tensor,
+    depth: int,
+    trees: int,
+    routing_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees)
+    check_forward_inputs(x, weight_in, bias_in, weight_out_t, depth, trees, routing_offset)
     path = (x.shape[0], trees, depth + 1)
     return x.new_empty(x.shape), x.new_empty(path, dtype=torch.int64), x.new_empty(path, dtype=torch.float32)
 
@@ -237,7 +269,7 @@ def _fff_backward_fake(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight_in, _bias_in, weight_out_t, _depth, _trees = inputs
+    x, weight_in, _bias_in, weight_out_t, _depth, _trees, _routing_offset = inputs
     _out, nodes, logits = output
     ctx.save_for_backward(x, weight_in, weight_out_t, nodes, logits)
     ctx.mark_non_differentiable(nodes, logits)
@@ -248,7 +280,7 @@ def _backward(ctx, grad_out: Tensor, _grad_nodes, _grad_logits):
     grad_x, grad_weight_in, grad_bias_in, grad_weight_out_t = fff_backward(
         grad_out.contiguous(), x, weight_in, weight_out_t, nodes, logits
     )
-    return grad_x, grad_weight_in, grad_bias_in, grad_weight_out_t, None, None
+    return grad_x, grad_weight_in, grad_bias_in, grad_weight_out_t, None, None, None
 
 
 torch.library.register_autograd("ultrafastbert::fff_forward", _backward, setup_context=_setup_context)

@@ -51,6 +51,7 @@ struct Forward {
   float* acc;           // float32 accumulator (N, H) across trees, or nullptr (one tree)
   int64_t* nodes;       // (N, K, D+1) global node index of every visited node
   float* logits;        // (N, K, D+1)
+  const float* offset;  // (K * n,) routing offsets, or nullptr
   int64_t* exit_local;  // (N,) local node each token reaches at the end of a segment (bucketed walks only)
   Shape s;
 };
@@ -77,7 +78,9 @@ inline int64_t route(const Walk<T>& w, int64_t t, int64_t node, int64_t level, f
   const int64_t record = t * s.path() + w.k * s.levels() + level;
   w.f.nodes[record] = w.k * s.nodes_per_tree + node;
   w.f.logits[record] = logit;
-  return 2 * node + 1 + (logit > 0.0f);  // strict: 0 and NaN go left
+  // a balancing layer routes on logit + offset; the neuron's activation stays GELU(logit)
+  const float decide = w.f.offset ? logit + w.f.offset[w.k * s.nodes_per_tree + node] : logit;
+  return 2 * node + 1 + (decide > 0.0f);  // strict: 0 and NaN go left
 }
 
 // Walks the tokens that were left alone on a node down to the segment's end, kSoloWalkers at a time: each step
@@ -395,6 +398,7 @@ void forward(const ForwardArgs<T>& args) {
                      args.acc,
                      args.nodes,
                      args.logits,
+                     args.routing_offset,
                      bucketed ? exit_local.data() : nullptr,
                      s};
   run_schedule(f);

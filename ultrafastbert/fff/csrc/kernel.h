@@ -44,6 +44,7 @@ struct ForwardArgs {
   float* acc;             // (N, H) float32 accumulator across trees (`out` itself for float32); nullptr for one tree
   int64_t* nodes;         // (N, K, D+1) receives the global index of every visited node
   float* logits;          // (N, K, D+1) receives the logit at every visited node
+  const float* routing_offset;  // (K * n,) float32 added to the logits to route (balanced trees), or nullptr
   Shape s;
 };
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -61,7 +62,17 @@ ForwardInputs prepare_forward(const at::Tensor& x, const at::Tensor& weight_in, 
   return in;
 }
 
-void run_forward(const ForwardInputs& in, at::Tensor& out, int64_t* nodes, float* logits) {
+// The routing offsets' data, checked against the layer (nullptr without them).
+const float* routing_offset_data(const std::optional<at::Tensor>& routing_offset, const Shape& s) {
+  if (!routing_offset.has_value()) return nullptr;
+  const at::Tensor& offset = *routing_offset;
+  TORCH_CHECK(offset.dim() == 1 && offset.size(0) == s.trees * s.nodes_per_tree && offset.scalar_type() == at::kFloat,
+              "fff: routing_offset must be (", s.trees * s.nodes_per_tree, ",) float32");
+  TORCH_CHECK(offset.device().is_cpu() && offset.is_contiguous(), "fff: routing_offset must be a contiguous CPU tensor");
+  return offset.data_ptr<float>();
+}
+
+void run_forward(const ForwardInputs& in, at::Tensor& out, int64_t* nodes, float* logits, const float* offset) {
   const Shape& s = in.s;
   // with several trees, outputs accumulate in float32 across trees (in `out` itself for float32)
   at::Tensor acc;
@@ -73,13 +84,16 @@ void run_forward(const ForwardInputs& in, at::Tensor& out, int64_t* nodes, float
     float* acc_data = nullptr;
     if (s.trees > 1) acc_data = acc.defined() ? acc.data_ptr<float>() : reinterpret_cast<float*>(out.data_ptr<T>());
     forward<T>(ForwardArgs<T>{in.x.data_ptr<T>(), in.weight_in.data_ptr<T>(), in.bias_in.data_ptr<T>(),
-                              in.weight_out_t.data_ptr<T>(), out.data_ptr<T>(), acc_data, nodes, logits, s});
+                              in.weight_out_t.data_ptr<T>(), out.data_ptr<T>(), acc_data, nodes, logits, offset,
+                              s});
   });
 }
 
 at::Tensor fff_infer_cpu(const at::Tensor& x, const at::Tensor& weight_in, const at::Tensor& bias_in,
-                         const at::Tensor& weight_out_t, int64_t depth, int64_t trees) {
+                         const at::Tensor& weight_out_t, int64_t depth, int64_t trees,
+                         const std::optional<at::Tensor>& routing_offset) {
   const ForwardInputs in = prepare_forward(x, weight_in, bias_in, weight_out_t, depth, trees);
+  const float* offset = routing_offset_data(routing_offset, in.s);
   at::Tensor out = pooled_empty({in.s.tokens, in.s.width}, in.x.options());
   static thread_local std::vector<int64_t> nodes;  // the path records are scratch here
   static thread_local std::vector<float> logits;
@@ -88,19 +102,21 @@ at::Tensor fff_infer_cpu(const at::Tensor& x, const at::Tensor& weight_in, const
     nodes.resize(records);
     logits.resize(records);
   }
-  run_forward(in, out, nodes.data(), logits.data());
+  run_forward(in, out, nodes.data(), logits.data(), offset);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fff_forward_cpu(const at::Tensor& x, const at::Tensor& weight_in,
                                                                  const at::Tensor& bias_in,
                                                                  const at::Tensor& weight_out_t, int64_t depth,
-                                                                 int64_t trees) {
+                                                                 int64_t trees,
+                                                                 const std::optional<at::Tensor>& routing_offset) {
   const ForwardInputs in = prepare_forward(x, weight_in, bias_in, weight_out_t, depth, trees);
+  const float* offset = routing_offset_data(routing_offset, in.s);
   at::Tensor out = pooled_empty({in.s.tokens, in.s.width}, in.x.options());
   at::Tensor nodes = pooled_empty({in.s.tokens, in.s.trees, in.s.levels()}, in.x.options().dtype(at::kLong));
   at::Tensor logits = pooled_empty({in.s.tokens, in.s.trees, in.s.levels()}, in.x.options().dtype(at::kFloat));
-  run_forward(in, out, nodes.data_ptr<int64_t>(), logits.data_ptr<float>());
+  run_forward(in, out, nodes.data_ptr<int64_t>(), logits.data_ptr<float>(), offset);
   return {out, nodes, logits};
 }
 
