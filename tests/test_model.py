@@ -457,8 +457,10 @@ def test_input_ids_outside_the_vocabulary_are_refused() -> None:
         corrupted[1, 4] = bad
         with pytest.raises(ValueError, match=f"vocab_size.*{bad}"):
             model(corrupted, mask)
-    with pytest.raises(TypeError, match="integer"):
-        model(input_ids.float(), mask)
+    for wrong in (torch.float32, torch.uint8, torch.int16, torch.bool):
+        with pytest.raises(TypeError, match=rf"input_ids must be an int64 or int32 tensor, got {wrong}"):
+            model(input_ids.to(wrong), mask)
+    assert model(input_ids.int(), mask).last_hidden_state.shape[:2] == input_ids.shape
     with pytest.raises(ValueError, match=r"\(batch, sequence\)"):
         model(input_ids[0], mask[0])
 

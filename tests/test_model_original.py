@@ -146,6 +146,10 @@ def test_unsupported_original_option_is_named() -> None:
     arch["attention"]["rotary_embedding"] = True
     with pytest.raises(ValueError, match="attention.rotary_embedding"):
         CrammedBertConfig(arch=arch)
+    arch = json.loads((FIXTURES / "mlm_fff_1x3" / "config.json").read_text())["arch"]
+    arch["embedding"]["embedding_dim"] = str(arch["hidden_size"])  # "32" is not 32: the message must show it
+    with pytest.raises(ValueError, match=rf"embedding_dim='{arch['hidden_size']}' must equal hidden_size=\d"):
+        CrammedBertConfig(arch=arch)
 
 
 @pytest.mark.parametrize("name", ["mlm_fff_2x2", "cls_dense_zero_index_1label"])

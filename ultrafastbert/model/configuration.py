@@ -300,7 +300,9 @@ def config_kwargs_from_arch(arch: dict[str, Any]) -> dict[str, Any]:
     hidden_size = _required(arch, ("hidden_size",))
     embedding_dim = _lookup(arch, ("embedding", "embedding_dim"))
     if embedding_dim is not None and embedding_dim != hidden_size:
-        raise ValueError(f"original arch embedding.embedding_dim={embedding_dim} must equal hidden_size={hidden_size}")
+        raise ValueError(  # repr: a string "32" and the number 32 differ, and the message must show why
+            f"original arch embedding.embedding_dim={embedding_dim!r} must equal hidden_size={hidden_size!r}"
+        )
     nonlin = arch.get("nonlin", "GELU")
     if nonlin not in _ORIGINAL_ACTIVATIONS:
         raise ValueError(f"original arch nonlin={nonlin!r} is not supported (use one of {list(_ORIGINAL_ACTIVATIONS)})")

@@ -355,8 +355,8 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be a (batch, sequence) tensor, got {shape}")
-        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.dtype not in (torch.int64, torch.int32):  # what the embedding look-up takes
+            raise TypeError(f"input_ids must be an int64 or int32 tensor, got {input_ids.dtype} (use ids.long())")
         max_len = self.config.max_position_embeddings
         if input_ids.shape[1] > max_len:
             raise ValueError(
