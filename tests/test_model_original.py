@@ -14,13 +14,14 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerFast,
 )
 
 import ultrafastbert  # noqa: F401  (registers the Auto classes)
-from ultrafastbert.model import CrammedBertConfig, convert_checkpoint
+from ultrafastbert.model import CheckpointError, CrammedBertConfig, convert_checkpoint
 from ultrafastbert.model.convert import checkpoint_format
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -203,3 +204,19 @@ def test_bare_tokenizer_json_folder_gets_the_original_special_tokens(tmp_path: P
     text = "the quick fox <mask> a dog"
     assert bare(text)["input_ids"] == full(text)["input_ids"]
     assert bare("a", "b")["input_ids"] == full("a", "b")["input_ids"]
+
+
+def test_a_question_answering_folder_converts_to_clean_with_its_head_and_is_refused_in_the_published_format(
+    tmp_path: Path,
+) -> None:
+    """The published format has no question-answering class: converting there is refused by name, and a clean
+    conversion keeps the span head instead of silently dropping it."""
+    model = AutoModelForQuestionAnswering.from_pretrained(FIXTURES / "mlm_fff_1x3")
+    with torch.no_grad():
+        model.qa_outputs.weight.normal_()
+    model.save_pretrained(tmp_path / "qa")
+    clean = convert_checkpoint(tmp_path / "qa", tmp_path / "clean", to="clean")
+    back = load_file(clean / "model.safetensors")
+    assert torch.equal(back["qa_outputs.weight"], model.qa_outputs.weight)
+    with pytest.raises(CheckpointError, match="no class for CrammedBertForQuestionAnswering"):
+        convert_checkpoint(tmp_path / "qa", tmp_path / "original", to="original")

@@ -33,6 +33,7 @@ from .loading import (
 )
 from .modeling import (
     CrammedBertForMaskedLM,
+    CrammedBertForQuestionAnswering,
     CrammedBertForSequenceClassification,
     CrammedBertForTokenClassification,
     CrammedBertModel,
@@ -67,6 +68,8 @@ def model_class_for(folder: str | Path) -> type[PreTrainedModel]:
         return CrammedBertForSequenceClassification
     if HEAD_WEIGHT in keys:
         return CrammedBertForTokenClassification
+    if "qa_outputs.weight" in keys:
+        return CrammedBertForQuestionAnswering
     if any(key.startswith("encoder.") for key in keys):
         return CrammedBertForMaskedLM
     return CrammedBertModel
@@ -98,6 +101,11 @@ def save_original(model: PreTrainedModel, folder: str | Path) -> None:
     """Write ``model`` in the published format: nested ``arch`` config and a state dict with the tied copy."""
     config: CrammedBertConfig = model.config
     class_name = type(model).__name__
+    if class_name not in ORIGINAL_CLASS_NAMES:
+        raise CheckpointError(
+            f"the published format has no class for {class_name}; keep this model in the clean format "
+            f"(it has {', '.join(sorted(ORIGINAL_CLASS_NAMES))})"
+        )
     arch = config.to_arch()
     is_classifier = class_name in ("CrammedBertForSequenceClassification", "CrammedBertForTokenClassification")
     if not is_classifier:
