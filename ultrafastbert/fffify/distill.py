@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ..progress import progress
 from .source import ff_modules
 
 
@@ -136,7 +136,7 @@ def distill_layer(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scale = float(Y.var(0).mean())  # loss in units of the output's variance (1.0 = predicting the mean)
     fff.train()
-    bar = tqdm(total=steps, desc=description, disable=not show_progress, leave=False)
+    bar = progress(steps, description, enabled=show_progress)
     step = 0
     for step in range(1, steps + 1):
         rows = torch.randint(0, X.shape[0], (batch_tokens,), generator=generator)
@@ -199,7 +199,7 @@ def distill_end_to_end(
     for module in student.modules():  # no dropout: the target is the deterministic teacher
         if isinstance(module, nn.Dropout):
             module.eval()
-    bar = tqdm(total=steps, desc="end to end", disable=not show_progress, leave=False)
+    bar = progress(steps, "end to end", enabled=show_progress)
     step = 0
     try:
         for step in range(1, steps + 1):
