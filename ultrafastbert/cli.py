@@ -411,6 +411,47 @@ def _add_study(study: argparse.ArgumentParser) -> None:
     study.set_defaults(handler=run)
 
 
+def _add_capacity(capacity: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from .capacity.config import CAPACITY_PRESETS, CapacityConfig, capacity_config
+
+    capacity.add_argument(
+        "--preset",
+        choices=tuple(CAPACITY_PRESETS),
+        default="record",
+        help="settings to start from (record: the defaults shown); the flags given replace the preset's values",
+    )
+    capacity.add_argument("--cache-dir", help="data cache (default: $ULTRAFASTBERT_CACHE or ~/.cache/ultrafastbert)")
+    add_flags(capacity, CapacityConfig)
+    # A flag left out keeps the preset's value, even where the record default equals it: the namespace holds only
+    # the flags given (the record default stays in the help).
+    names = {f.name for f in fields(CapacityConfig)}
+    for action in capacity._actions:
+        if action.dest in names:
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, tuple) else action.default
+            action.help = f"{action.help} (record: {shown})"
+            action.default = argparse.SUPPRESS
+
+    def run(args: argparse.Namespace) -> int:
+        from .train.run_folder import RunFolderError
+
+        given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+        try:
+            config = capacity_config(
+                args.preset, **{name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
+            )
+            from .capacity.run import run_capacity
+
+            report = run_capacity(config, command=" ".join(["ultrafastbert", *sys.argv[1:]]), cache_dir=args.cache_dir)
+        except (RunFolderError, ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"ultrafastbert capacity: error: {error}") from None
+        print(f"capacity report: {Path(config.output_dir) / 'report.md'} ({len(report['results'])} arm results)")
+        return 0
+
+    capacity.set_defaults(handler=run)
+
+
 def _add_inspect(inspect: argparse.ArgumentParser) -> None:
     _add_validation_text_flags(inspect, "model folder (any crammedBERT head, with its tokenizer)", max_sequences=256)
 
@@ -472,6 +513,13 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "Rerunning the same command continues where it stopped.",
         _add_study,
     ),
+    "capacity": (
+        "capacity benchmark: facts stored per feedforward FLOP (no FF, narrow, FFF, balanced FFF, wide); resumable",
+        "Teaches every feedforward arm the same random facts (and WordNet lemma -> lexicographer file) for the same "
+        "steps in a one-layer crammedBERT, measures exact-match recall, bits stored, cost per step and tree "
+        "health, and writes report.md/json and plots. Rerunning the same command continues where it stopped.",
+        _add_capacity,
+    ),
     "inspect": (
         "tree health of a model's FFF layers on real text: dead leaves, usage entropy, root balance",
         None,
@@ -502,11 +550,14 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
         )
         if commands is None or name in commands:
             add(command)
-            _add_output_flags(command, threads=name in THREADED_COMMANDS)
+            if name not in UNQUIET_COMMANDS:
+                _add_output_flags(command, threads=name in THREADED_COMMANDS)
     return parser
 
 
-# the commands that take --threads here (the benchmarks have their own, with one pass per thread count)
+# the benchmarks print only their tables (nothing for --quiet to hush) and have their own --threads
+UNQUIET_COMMANDS = ("bench",)
+# the commands that take --threads here
 THREADED_COMMANDS = ("pretrain", "finetune", "classify", "fffify", "fill-mask", "evaluate", "inspect", "demo", "study")
 
 
@@ -528,7 +579,7 @@ def _apply_output_flags(args: argparse.Namespace) -> None:
     torch's thread count."""
     from .progress import set_quiet, show_package_logs
 
-    set_quiet(args.quiet)
+    set_quiet(getattr(args, "quiet", False))
     show_package_logs()
     if isinstance(getattr(args, "threads", None), int):  # the layer benchmark's --threads is a list of passes
         import torch
