@@ -1,0 +1,1 @@
+"""The capacity benchmark: how many facts each feedforward stores at equal FLOPs per token and equal steps."""
