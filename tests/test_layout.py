@@ -1,4 +1,5 @@
-"""The package's dependencies point one way: fff <- model <- data <- train <- bench <- study <- demo <- cli.
+"""The package's dependencies point one way, in the order CONTRIBUTING.md states (its ``layout`` block, the one
+place the order is written down).
 
 Read from the source with ``ast`` (nothing is imported), counting imports inside functions too: a lazy import
 may save start-up time, but it may not close a cycle.
@@ -7,29 +8,25 @@ may save start-up time, but it may not close a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ultrafastbert"
+CONTRIBUTING = PACKAGE.parent / "CONTRIBUTING.md"
 
-# Rank of each top-level module or sub-package; an import may only go to the same unit or a lower rank.
-# A new top-level module fails `test_every_unit_has_a_rank` until it is placed here.
-RANKS = {
-    "cache": 0,
-    "flags": 0,
-    "lazy": 0,
-    "fff": 1,
-    "model": 2,
-    "data": 3,
-    "train": 4,
-    "bench": 5,
-    "fffify": 5,
-    "study": 6,
-    "demo_config": 6,
-    "demo": 7,
-    "cli": 8,
-}
+
+def read_ranks(text: str) -> dict[str, int]:
+    """Rank of each top-level module or sub-package from the ``layout`` block: one line per rank, lowest first,
+    units separated by spaces. An import may only go to the same unit or a lower rank."""
+    block = re.search(r"```layout\n(.*?)```", text, flags=re.DOTALL)
+    assert block, f"{CONTRIBUTING.name} has no ```layout block"
+    return {unit: rank for rank, line in enumerate(block.group(1).splitlines()) for unit in line.split()}
+
+
+# A new top-level module fails `test_every_unit_has_a_rank` until CONTRIBUTING.md places it.
+RANKS = read_ranks(CONTRIBUTING.read_text())
 PUBLIC_API = "ultrafastbert"  # the package's own __init__ re-exports the layers below it
 
 
@@ -123,6 +120,7 @@ def test_the_checks_see_a_cycle_and_a_wrong_direction():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert RANKS[unit("ultrafastbert.model.modeling")] < RANKS[unit("ultrafastbert.train.jobs")]
+    assert read_ranks("text\n```layout\nlow other\nhigh\n```\n") == {"low": 0, "other": 0, "high": 1}
 
 
 @pytest.mark.parametrize("statement", ["from ..model import modeling", "from ultrafastbert.model import loading"])
