@@ -11,9 +11,9 @@
 // walks the sorted tokens, reading each token's input and gradient columns once and adding them into one
 // accumulator per level; when the sweep leaves a node's subtree, that node's accumulators are final and are
 // written out. Every gradient row is written exactly once (unvisited rows as zeros), by one thread, with no
-// atomics and no per-thread copies of the gradients. The gradient of weight_out_t is written transposed,
-// (H, K * n) row-major, which is linear_out.weight's own layout: autograd then hands it to the parameter as it
-// is, where a row-major (K * n, H) gradient cost a full-matrix transposed copy per step.
+// atomics and no per-thread copies of the gradients. The gradient of weight_out_t is then transposed, tile by
+// tile, into (H, K * n) row-major, which is linear_out.weight's own layout: autograd hands it to the parameter as
+// it is, where a row-major (K * n, H) gradient cost autograd a slower full-matrix transposed copy per step.
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -34,9 +34,7 @@ constexpr int64_t kPrefetchTokensAhead = 4;  // the sweep prefetches the columns
 constexpr int64_t kCacheLineBytes = 64;      // stride of those prefetches
 constexpr int64_t kTokenGrain = 16;          // fewest tokens per thread task for the per-token gradients
 constexpr int64_t kZeroRowsGrain = 64;       // fewest rows per thread task when zeroing unvisited rows
-constexpr int64_t kZeroColumnsGrain = 16;    // fewest rows of the transposed gradient per thread task when zeroing
-constexpr int64_t kStagedNodes = 16;         // adjacent nodes of one level staged before the transposed gradient is
-                                             // written: one 64-byte line of float32 per column instead of 16
+constexpr int64_t kTransposeTile = 16;       // rows and columns of one tile of the gradient's transposition
 
 // Tokens of tree k in depth-first (leaf) order.
 void sort_by_leaf(const int64_t* nodes, const Shape& s, int64_t k, int64_t* order) {
@@ -76,57 +74,24 @@ void token_gradients(const T* grad_out, const T* w_in, const T* w_out, const int
   }
 }
 
-// Columns [c0, c0 + columns) of the weight gradients of tree k, from one sweep over its sorted tokens;
-// grad_w_out_t is written transposed (element (row, h) at h * rows + row). The sweep meets each level's nodes in
-// increasing order, so the finished rows of a level are staged kStagedNodes adjacent nodes at a time and written
-// as short runs: on the top levels, where every node is visited, each column's line is then written once.
+// Columns [c0, c0 + columns) of the weight gradients of tree k, from one sweep over its sorted tokens.
 template <typename T>
 void sweep_weight_gradients(const T* x, const T* grad_out, const int64_t* nodes, const float* dz,
                             const float* activation, const Shape& s, int64_t k, const int64_t* order, int64_t c0,
-                            int64_t columns, T* grad_w_in, T* grad_b_in, T* grad_w_out_t) {
+                            int64_t columns, T* grad_w_in, T* grad_b_in, T* grad_w_out) {
   const int64_t levels = s.levels();
   const int64_t path = s.path();
   const int64_t record = k * levels;
-  const int64_t rows = s.trees * s.nodes_per_tree;
   std::vector<float> acc_in(levels * kSweepColumns);
   std::vector<float> acc_out(levels * kSweepColumns);
   std::vector<float> acc_bias(levels);
   std::vector<int64_t> current(levels, -1);
-  std::vector<float> staged(levels * kSweepColumns * kStagedNodes);  // (level, column, node - first) of the window
-  std::vector<int64_t> staged_first(levels, -1);                     // first node of each level's window
-  std::vector<uint32_t> staged_mask(levels, 0);                      // which of its nodes are staged
-  auto write_staged = [&](int64_t level) {
-    const int64_t first = staged_first[level];
-    const uint32_t mask = staged_mask[level];
-    const float* stage = staged.data() + level * kSweepColumns * kStagedNodes;
-    constexpr uint32_t kAllStaged = (uint32_t{1} << kStagedNodes) - 1;
-    for (int64_t c = 0; c < columns; ++c) {
-      T* out = grad_w_out_t + (c0 + c) * rows + first;
-      const float* in = stage + c * kStagedNodes;
-      if (mask == kAllStaged) {  // a whole run: no per-node test, so the copy vectorises
-        for (int64_t n = 0; n < kStagedNodes; ++n) out[n] = T(in[n]);
-        continue;
-      }
-      for (int64_t n = 0; n < kStagedNodes; ++n) {
-        if (mask >> n & 1) out[n] = T(in[n]);
-      }
-    }
-    staged_mask[level] = 0;
-  };
   auto flush = [&](int64_t level) {
     const int64_t row = current[level];
     if (row < 0) return;
     store_row(grad_w_in + row * s.width + c0, acc_in.data() + level * kSweepColumns, columns);
+    store_row(grad_w_out + row * s.width + c0, acc_out.data() + level * kSweepColumns, columns);
     if (c0 == 0) grad_b_in[row] = T(acc_bias[level]);
-    const int64_t first = row - row % kStagedNodes;
-    if (first != staged_first[level]) {
-      if (staged_mask[level]) write_staged(level);
-      staged_first[level] = first;
-    }
-    staged_mask[level] |= uint32_t{1} << (row - first);
-    const float* out = acc_out.data() + level * kSweepColumns;
-    float* stage = staged.data() + level * kSweepColumns * kStagedNodes + (row - first);
-    for (int64_t c = 0; c < columns; ++c) stage[c * kStagedNodes] = out[c];
   };
   for (int64_t i = 0; i < s.tokens; ++i) {
     const int64_t t = order[i];
@@ -185,17 +150,31 @@ void sweep_weight_gradients(const T* x, const T* grad_out, const int64_t* nodes,
       }
     }
   }
-  for (int64_t level = 0; level < levels; ++level) {
-    flush(level);
-    if (staged_mask[level]) write_staged(level);
-  }
+  for (int64_t level = 0; level < levels; ++level) flush(level);
+}
+
+// out (width, rows) = in (rows, width) transposed, both row-major, a tile at a time, parallel over column blocks.
+template <typename T>
+void transpose(const T* in, int64_t rows, int64_t width, T* out) {
+  at::parallel_for(0, (width + kTransposeTile - 1) / kTransposeTile, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t h0 = block * kTransposeTile;
+      const int64_t h1 = std::min(width, h0 + kTransposeTile);
+      for (int64_t r0 = 0; r0 < rows; r0 += kTransposeTile) {
+        const int64_t r1 = std::min(rows, r0 + kTransposeTile);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t r = r0; r < r1; ++r) out[h * rows + r] = in[r * width + h];
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
 
 template <typename T>
 void backward(const T* grad_out, const T* x, const T* w_in, const T* w_out, const int64_t* nodes, const float* logits,
-              const Shape& s, T* grad_x, T* grad_w_in, T* grad_b_in, T* grad_w_out_t) {
+              const Shape& s, T* grad_x, T* grad_w_in, T* grad_b_in, T* grad_w_out, T* grad_w_out_t) {
   const int64_t path = s.path();
   const int64_t pairs = s.tokens * path;
   const int64_t rows = s.trees * s.nodes_per_tree;
@@ -203,12 +182,6 @@ void backward(const T* grad_out, const T* x, const T* w_in, const T* w_out, cons
   for (int64_t p = 0; p < pairs; ++p) {
     TORCH_CHECK(nodes[p] >= 0 && nodes[p] < rows, "fff_backward: node index ", nodes[p], " out of range");
     visited[nodes[p]] = 1;
-  }
-  const bool all_visited = std::all_of(visited.begin(), visited.end(), [](uint8_t v) { return v != 0; });
-  if (!all_visited) {  // the transposed gradient: zero everything, the sweeps then write the visited columns
-    at::parallel_for(0, s.width, kZeroColumnsGrain, [&](int64_t begin, int64_t end) {
-      std::fill_n(grad_w_out_t + begin * rows, (end - begin) * rows, T(0));
-    });
   }
   std::vector<int64_t> order(s.trees * s.tokens);
   at::parallel_for(0, s.trees, 1, [&](int64_t begin, int64_t end) {
@@ -226,22 +199,23 @@ void backward(const T* grad_out, const T* x, const T* w_in, const T* w_out, cons
       const int64_t k = item / blocks;
       const int64_t c0 = (item % blocks) * kSweepColumns;
       sweep_weight_gradients(x, grad_out, nodes, dz.data(), activation.data(), s, k, order.data() + k * s.tokens, c0,
-                             std::min(kSweepColumns, s.width - c0), grad_w_in, grad_b_in, grad_w_out_t);
+                             std::min(kSweepColumns, s.width - c0), grad_w_in, grad_b_in, grad_w_out);
     }
   });
-  if (all_visited) return;
   at::parallel_for(0, rows, kZeroRowsGrain, [&](int64_t begin, int64_t end) {  // rows no token visited
     for (int64_t r = begin; r < end; ++r) {
       if (visited[r]) continue;
       std::fill_n(grad_w_in + r * s.width, s.width, T(0));
+      std::fill_n(grad_w_out + r * s.width, s.width, T(0));
       grad_b_in[r] = T(0);
     }
   });
+  transpose(grad_w_out, rows, s.width, grad_w_out_t);
 }
 
 template void backward<float>(const float*, const float*, const float*, const float*, const int64_t*, const float*,
-                              const Shape&, float*, float*, float*, float*);
+                              const Shape&, float*, float*, float*, float*, float*);
 template void backward<bf16>(const bf16*, const bf16*, const bf16*, const bf16*, const int64_t*, const float*,
-                             const Shape&, bf16*, bf16*, bf16*, bf16*);
+                             const Shape&, bf16*, bf16*, bf16*, bf16*, bf16*);
 
 }  // namespace ultrafastbert::fff

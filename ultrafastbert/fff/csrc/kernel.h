@@ -53,10 +53,10 @@ template <typename T>
 void forward(const ForwardArgs<T>& args);
 
 // All four gradients, from the nodes and logits the forward recorded; every element of every gradient is
-// written (rows no token visited get zeros). grad_w_out_t (K * n, H) is stored transposed: element (row, h) at
-// h * K * n + row. backward.cpp.
+// written (rows no token visited get zeros). grad_w_out (K * n, H) is scratch for the weight_out_t gradient,
+// which is returned in grad_w_out_t stored transposed: element (row, h) at h * K * n + row. backward.cpp.
 template <typename T>
 void backward(const T* grad_out, const T* x, const T* w_in, const T* w_out, const int64_t* nodes, const float* logits,
-              const Shape& s, T* grad_x, T* grad_w_in, T* grad_b_in, T* grad_w_out_t);
+              const Shape& s, T* grad_x, T* grad_w_in, T* grad_b_in, T* grad_w_out, T* grad_w_out_t);
 
 }  // namespace ultrafastbert::fff

@@ -140,11 +140,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fff_backward_cpu(
   at::Tensor grad_b_in = pooled_empty({weight_in.size(0)}, weight_in.options());
   // stored transposed, as linear_out.weight is: (K * n, H) with strides (1, K * n) (see backward.cpp)
   at::Tensor grad_w_out_t = pooled_empty({s.width, weight_out_t.size(0)}, weight_out_t.options()).t();
+  at::Tensor grad_w_out_rows = pooled_empty(weight_out_t.sizes(), weight_out_t.options());  // scratch, row-major
   dispatch_dtype(x.scalar_type(), [&](auto type_tag) {
     using T = decltype(type_tag);
     backward<T>(grad_out.data_ptr<T>(), x.data_ptr<T>(), weight_in.data_ptr<T>(), weight_out_t.data_ptr<T>(),
                 nodes.data_ptr<int64_t>(), logits.data_ptr<float>(), s, grad_x.data_ptr<T>(), grad_w_in.data_ptr<T>(),
-                grad_b_in.data_ptr<T>(), grad_w_out_t.data_ptr<T>());
+                grad_b_in.data_ptr<T>(), grad_w_out_rows.data_ptr<T>(), grad_w_out_t.data_ptr<T>());
   });
   return {grad_x, grad_w_in, grad_b_in, grad_w_out_t};
 }
