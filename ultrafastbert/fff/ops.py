@@ -109,7 +109,7 @@ def fff_backward(
 
     ``grad_out`` is ``(N, H)`` like ``x``; ``nodes`` and ``logits`` are ``fff_forward``'s (depth and tree count
     are read from their shape). Rows no token visited get zero gradients; a node index out of range is an error.
-    On CPU ``grad_weight_out_t`` is stored transposed (strides ``(1, K*n)``): its ``.T`` is a contiguous
+    On every device ``grad_weight_out_t`` is stored transposed (strides ``(1, K*n)``): its ``.T`` is a contiguous
     ``linear_out.weight`` gradient, which autograd takes without copying.
     """
     return _backward_op(grad_out, x, weight_in, weight_out_t, nodes, logits)
@@ -257,9 +257,7 @@ def _fff_backward_fake(
     grad_out: Tensor, x: Tensor, weight_in: Tensor, weight_out_t: Tensor, nodes: Tensor, logits: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     check_backward_inputs(grad_out, x, weight_in, weight_out_t, nodes, logits)
-    grad_weight_out_t = weight_out_t.new_empty(weight_out_t.shape)
-    if weight_out_t.device.type == "cpu":  # the CPU kernel's layout (fff_backward)
-        grad_weight_out_t = weight_out_t.new_empty(weight_out_t.shape[::-1]).t()
+    grad_weight_out_t = weight_out_t.new_empty(weight_out_t.shape[::-1]).t()  # the layout of fff_backward's doc
     return (
         x.new_empty(x.shape),
         weight_in.new_empty(weight_in.shape),

@@ -427,4 +427,6 @@ def fff_backward(
             PRECISION=precision, ACCUMULATE=accumulate, num_warps=NUM_WARPS,
         )  # fmt: skip
     dtype = weight_in.dtype
-    return grad_x.to(x.dtype), grad_weight_in.to(dtype), grad_bias_in.to(dtype), grad_weight_out_t.to(dtype)
+    # the ops' layout on every device: stored transposed, so its .T is linear_out.weight's gradient as it is
+    grad_weight_out_t = grad_weight_out_t.to(dtype).t().contiguous().t()
+    return grad_x.to(x.dtype), grad_weight_in.to(dtype), grad_bias_in.to(dtype), grad_weight_out_t
