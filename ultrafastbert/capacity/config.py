@@ -52,7 +52,7 @@ class CapacityConfig:
     )
     arms: tuple[str, ...] = field(default=ARMS, metadata={"help": "feedforward arms to compare", "check": _arm})
     people: tuple[int, ...] = field(
-        default=(256, 1024, 4096),
+        default=(256, 1024, 4096, 8192),
         metadata={"help": "people per synthetic fact set (facts N = people x attributes)", "check": positive},
     )
     attributes: int = field(default=4, metadata={"help": "attributes K per person", "check": positive})

@@ -92,6 +92,12 @@ def acceptance(results: list[ArmResult]) -> dict[str, Any] | None:
     }
 
 
+def _recall_at(result: ArmResult, fraction: float) -> float:
+    """Recall at the last evaluation at or before ``fraction`` of the steps (0 before the first)."""
+    earlier = [recall for step, recall in result.recall_curve if step <= fraction * result.steps]
+    return earlier[-1] if earlier else 0.0
+
+
 def _conclusions(results: list[ArmResult], verdict: dict[str, Any] | None, config: CapacityConfig) -> list[str]:
     lines = []
     synthetic = _by(results, "synthetic")
@@ -102,6 +108,16 @@ def _conclusions(results: list[ArmResult], verdict: dict[str, Any] | None, confi
             f"- {here[ranked[0].arm].facts:,} facts ({size:,} people): "
             + ", ".join(f"{r.arm} {r.recall:.1%} ({r.bits_stored:,.0f} bits)" for r in ranked)
             + "."
+        )
+    rising = [
+        f"{r.arm} at {r.size:,} people (+{r.recall - _recall_at(r, 0.75):.1%})"
+        for r in sorted(synthetic.values(), key=lambda r: (r.size, r.arm))
+        if r.recall - _recall_at(r, 0.75) > 0.01
+    ]
+    if rising:
+        lines.append(
+            "- Not at a plateau: these arms gained more than one point of recall over the last quarter of the steps, "
+            "so their figures are what equal steps buy, not what the layer can hold: " + ", ".join(rising) + "."
         )
     if verdict is None:
         lines.append("- The acceptance comparison needs the fff-balanced, narrow and wide arms at the largest N.")
@@ -142,7 +158,8 @@ def _markdown(
         f"torch {machine['torch']}, {machine['date']}.",
         "",
         f"Model: one-layer crammedBERT, hidden {config.hidden_size}, {config.heads} heads, no dropout; "
-        f"tree depth D = {config.depth} ({config.tree_width} neurons, {config.path_width} per token). "
+        f"tree depth D = {config.depth} ({config.tree_width} neurons, {config.path_width} per token); "
+        f"weights start at N(0, {config.init_std:g}). "
         f"Training: {config.total_steps} Adam steps (each fact seen {config.exposures} times), peak lr {config.lr:g}, "
         f"balance rate {config.balance_rate:g}. Synthetic facts: K = {config.attributes} attributes, "
         f"V = {config.values} values ({config.bits_per_fact:g} bits a fact), names from {config.name_pool} x "
