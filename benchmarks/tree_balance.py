@@ -23,7 +23,7 @@ from ultrafastbert.fff import check_balance_rate
 from ultrafastbert.model.health import model_tree_health
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.study.config import study_config
-from ultrafastbert.study.run import _validation_batches, load_study_data
+from ultrafastbert.study.run import load_study_data, validation_batches
 from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer, mask_generators
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     )
     started = time.time()
     final = trainer.run()
-    health = model_tree_health(model, _validation_batches(data, config.micro_batch))
+    health = model_tree_health(model, validation_batches(data, config.micro_batch))
     masked = model_tree_health(model, masked_batches(data.validation, data.masker, config.micro_batch, config.seed))
     summary = {
         "balance_rate": args.balance_rate,

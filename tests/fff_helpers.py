@@ -92,3 +92,26 @@ def assert_gradients_close(layer: FFF, x: torch.Tensor, grads, ref_grads, tol: f
         assert grad.shape == ref_grad.shape and grad.dtype == ref_grad.dtype, (label, name)
         error = (grad.double() - ref_grad.double()).abs().max().item() if grad.numel() else 0.0
         assert error <= tol * scale, (label, name, error, scale)
+
+
+def paths_agree_or_tie(layer: FFF, x: torch.Tensor, path: torch.Tensor, ref_path: torch.Tensor) -> bool:
+    """True when a fast path took the reference's path; False (after checking it is a genuine near-tie, a routing
+    logit within float32 summation noise of 0) when a decision differs. Two correct paths sum a logit in different
+    orders (BLAS against the kernel's own loops, each vendor's BLAS its own way), so a logit that close to 0 may go
+    either way on some CPU: only such ties may differ."""
+    if torch.equal(path, ref_path):
+        return True
+    flat = x.reshape(-1, layer.width).float()
+    weight, bias = layer.linear_in.weight.float(), layer.linear_in.bias.float()
+    logits = (flat @ weight.T + bias).detach()
+    scale = (flat.abs() @ weight.abs().T + bias.abs()).detach()
+    if layer.routing_offset is not None:  # a balancing layer routes on logit + offset
+        logits = logits + layer.routing_offset.float()
+        scale = scale + layer.routing_offset.float().abs()
+    differs = (path != ref_path).reshape(-1, layer.trees, layer.depth + 1).any(dim=2)  # (N, K)
+    ref = ref_path.reshape(-1, layer.trees, layer.depth + 1)
+    for token, tree in differs.nonzero().tolist():
+        level = int((path.reshape(ref.shape)[token, tree] != ref[token, tree]).nonzero()[0]) - 1
+        node = int(ref[token, tree, level])
+        assert abs(logits[token, node]) <= 1e-5 * scale[token, node], "a path routed a token the wrong way"
+    return False

@@ -9,6 +9,7 @@ import torch
 from fff_helpers import (
     TOLERANCE,
     assert_gradients_close,
+    paths_agree_or_tie,
     random_input,
     random_layer,
     relative_error,
@@ -25,19 +26,21 @@ NO_GRAD_PATHS = ["sparse", "walk"]
 
 
 def assert_matches_reference(layer: FFF, x: torch.Tensor) -> None:
+    """Every path's outputs and gradients against the reference's, where it took the reference's path (a routing
+    logit within rounding of 0 may go either way, and only such a tie may differ)."""
     tol = TOLERANCE[x.dtype]
     ref_out, ref_path, ref_grads = run_with_grads(layer, x, "reference")
     for impl in GRAD_PATHS:
         out, path, grads = run_with_grads(layer, x, impl)
-        assert torch.equal(path, ref_path), impl
-        assert relative_error(out, ref_out) <= tol, impl
-        assert_gradients_close(layer, x, grads, ref_grads, tol, impl)
+        if paths_agree_or_tie(layer, x, path, ref_path):
+            assert relative_error(out, ref_out) <= tol, impl
+            assert_gradients_close(layer, x, grads, ref_grads, tol, impl)
     with torch.no_grad():
         for impl in NO_GRAD_PATHS:
             layer.impl = impl
             out, path = layer(x, return_path=True)
-            assert torch.equal(path, ref_path), impl
-            assert relative_error(out, ref_out) <= tol, impl
+            if paths_agree_or_tie(layer, x, path, ref_path):
+                assert relative_error(out, ref_out) <= tol, impl
 
 
 @st.composite
@@ -234,3 +237,15 @@ def test_a_layer_built_under_inference_mode_runs_there(impl):
         out = layer(x)
         expected = fff_reference(x, layer.linear_in.weight, layer.linear_in.bias, layer.linear_out.weight, 3, 2)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_only_a_near_tie_may_route_differently_from_the_reference():
+    """The tie allowance above is not a loophole: a token sent the wrong way at a clear logit fails it."""
+    layer = random_layer(16, 3, 2, seed=3)
+    x = random_input((9, 16), seed=4)
+    ref_path = layer.visited_nodes(x)
+    assert paths_agree_or_tie(layer, x, ref_path.clone(), ref_path)
+    wrong = ref_path.clone()
+    wrong[4, 1, 1:] = ref_path[4, 1, 1:] ^ 1  # the other child of the root of tree 1, and below it
+    with pytest.raises(AssertionError, match="routed a token the wrong way"):
+        paths_agree_or_tie(layer, x, wrong, ref_path)

@@ -15,6 +15,7 @@ from fff_helpers import (
     TOLERANCE,
     assert_gradients_close,
     needs_kernel,
+    paths_agree_or_tie,
     random_input,
     random_layer,
     random_weights,
@@ -34,24 +35,6 @@ def test_kernel_builds_wherever_there_is_a_compiler():
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler: the fallback is what this machine gets")
     assert kernels.available(), kernels.failure()
-
-
-def paths_agree_or_tie(layer: FFF, x: torch.Tensor, path: torch.Tensor, ref_path: torch.Tensor) -> bool:
-    """True when the kernel took the reference's path; False (after checking it is a genuine near-tie, a logit
-    within float32 summation noise of 0) when a routing decision differs."""
-    if torch.equal(path, ref_path):
-        return True
-    flat = x.reshape(-1, layer.width).float()
-    weight, bias = layer.linear_in.weight.float(), layer.linear_in.bias.float()
-    logits = (flat @ weight.T + bias).detach()
-    scale = (flat.abs() @ weight.abs().T + bias.abs()).detach()
-    differs = (path != ref_path).reshape(-1, layer.trees, layer.depth + 1).any(dim=2)  # (N, K)
-    ref = ref_path.reshape(-1, layer.trees, layer.depth + 1)
-    for token, tree in differs.nonzero().tolist():
-        level = int((path.reshape(ref.shape)[token, tree] != ref[token, tree]).nonzero()[0]) - 1
-        node = int(ref[token, tree, level])
-        assert abs(logits[token, node]) <= 1e-5 * scale[token, node], "kernel routed a token the wrong way"
-    return False
 
 
 def assert_kernel_matches_reference(layer: FFF, x: torch.Tensor) -> None:

@@ -177,7 +177,7 @@ def pretrain_variant(config: StudyConfig, variant: str, data: StudyData, out: Pa
         raise KeyboardInterrupt(f"pretraining of {variant} stopped at step {final['step']}; rerun to continue")
     model.save_pretrained(folder / "model")
     data.tokenizer.save_pretrained(folder / "model")
-    health = model_tree_health(model, _validation_batches(data, config.micro_batch))
+    health = model_tree_health(model, validation_batches(data, config.micro_batch))
     summary = {
         "variant": variant,
         "name": model_config.name,
@@ -203,7 +203,8 @@ def ff_flops_per_token(config: CrammedBertConfig) -> int:
     return 4 * config.hidden_size * config.ff_neurons_per_token
 
 
-def _validation_batches(data: StudyData, batch_size: int):
+def validation_batches(data: StudyData, batch_size: int):
+    """The validation sequences as unmasked ``(input_ids, None)`` batches: the text tree health is measured on."""
     for start in range(0, len(data.validation), batch_size):
         yield torch.stack(data.validation[start : start + batch_size]), None
 
