@@ -91,7 +91,8 @@ class FFF(nn.Module):
     ``width``, ``depth`` and ``trees`` are integers; ``depth`` is at most ``MAX_DEPTH`` (20). ``balance_rate``
     (>= 0) is the step by which ``balance.update_routing_offsets`` moves each node's routing offset; 0 keeps the
     published layer (no offset). ``balance_loss`` (>= 0) weighs an auxiliary load-balancing loss that training
-    forwards leave in ``routing_loss`` (``balance.routing_balance_loss``); 0: none.
+    forwards leave in ``routing_loss`` (``routing_balance_loss`` above, handed on by ``balance.take_routing_loss``);
+    0: none.
     """
 
     def __init__(
