@@ -22,7 +22,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ultrafastbert import FFF
 from ultrafastbert.fff import kernels, nodes_per_tree, ops, update_routing_offsets
-from ultrafastbert.fff.balance import balancing_layers, routing_step, take_routing_loss, take_routing_visits
+from ultrafastbert.fff.balance import (
+    balancing_layers,
+    count_visits_at,
+    routing_step,
+    take_routing_loss,
+    take_routing_visits,
+)
 from ultrafastbert.model.configuration import CrammedBertConfig
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.config import PretrainConfig
@@ -197,6 +203,64 @@ def test_visits_are_recorded_in_training_forwards_only():
     (taken,) = take_routing_visits(layer)
     assert taken[1].shape == (2, 7) and taken[1][:, 0].tolist() == [10, 10]
     assert layer.routing_visits is None and update_routing_offsets(layer) == 0
+
+
+@pytest.mark.parametrize("impl", ["reference", "sparse", "kernel"])
+def test_visits_count_only_the_selected_tokens(impl):
+    """Inside ``count_visits_at`` a layer records the paths of the selected tokens and no others (the tokens of a
+    (B, S) batch, as masked-language-model training selects them); outside it, every token counts again."""
+    if impl == "kernel" and not kernels.available():
+        pytest.skip("the compiled kernel is not available")
+    layer = balancing_layer(8, 3, 2, seed=3)
+    layer.impl = impl
+    layer.train()
+    x = random_input((3, 7, 8), seed=4)
+    keep = torch.rand(3, 7, generator=torch.Generator().manual_seed(5)) < 0.6
+    with count_visits_at(layer, keep):
+        layer(x)
+    assert layer.visit_tokens is None  # cleared on leaving the block
+    (taken,) = take_routing_visits(layer)
+    paths = layer.visited_nodes(x.detach())[keep]  # (kept tokens, trees, depth + 1)
+    expected = torch.bincount(paths.reshape(-1), minlength=taken[1].numel()).reshape(taken[1].shape)
+    assert int(keep.sum()) < keep.numel() and torch.equal(taken[1], expected)
+    layer(x)
+    (taken,) = take_routing_visits(layer)
+    assert taken[1][:, 0].tolist() == [21, 21]
+
+
+def test_a_visit_selection_of_the_wrong_size_is_refused():
+    layer = balancing_layer(8, 2, 1, seed=1)
+    layer.train()
+    with count_visits_at(layer, torch.ones(4, dtype=torch.bool)), pytest.raises(ValueError, match="among 4 tokens"):
+        layer(random_input((5, 8), seed=2))
+
+
+def test_pretraining_counts_visits_at_the_uncorrupted_positions_only(tmp_path):
+    """The pretraining step counts routing visits (for balance and tree health) at the positions the masking left
+    unchanged (label -100): a step's root count equals the number of such tokens."""
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from pretrain_tiny import SEQ_LEN, VOCAB, mask_quarter, synthetic_sequences
+
+    config = CrammedBertConfig.from_preset(
+        "tiny-ufb-1x3", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, fff_balance_rate=0.05,
+    )  # fmt: skip
+    model = CrammedBertForMaskedLM(config)
+    settings = PretrainConfig(micro_batch=4, final_batch=4, max_steps=1, lr=1e-3, tree_health_every_steps=0)
+    unmasked = []
+
+    def masker(ids, generators):
+        inputs, labels = mask_quarter(ids, generators)
+        unmasked.append(int((labels == -100).sum()))
+        return inputs, labels
+
+    trainer = Pretrainer(model, synthetic_sequences(16, seed=1), masker, settings, tmp_path / "run")
+    seen = []
+    trainer._balance_trees = lambda: seen.extend(take_routing_visits(model))
+    trainer.train_step(0.0)
+    (layer, counts), = seen
+    assert len(unmasked) == 1 and 0 < unmasked[0] < 4 * SEQ_LEN
+    assert counts[0, 0].item() == unmasked[0]
 
 
 @pytest.mark.parametrize("rate", [-0.1, float("nan"), float("inf"), True, "0.1"])

@@ -15,6 +15,7 @@ node (``FFF(balance_loss > 0)``, ``layer.routing_balance_loss``): training forwa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,6 +30,23 @@ def balancing_layers(model: nn.Module) -> Iterator[FFF]:
     for module in model.modules():
         if isinstance(module, FFF) and module.routing_offset is not None:
             yield module
+
+
+@contextlib.contextmanager
+def count_visits_at(model: nn.Module, keep: Tensor | None) -> Iterator[None]:
+    """Within the block, the FFF layers of ``model`` record the visits of the tokens ``keep`` selects (bool, the
+    shape of the inputs' tokens, e.g. ``(B, S)``) and no others; ``None`` counts every token. Masked-language-model
+    training passes the positions left uncorrupted: the trees then balance on text as it reads, not on ``[MASK]``
+    tokens that inference never sees. Wrap the backward pass too when layers are recomputed there (gradient
+    checkpointing), so the recomputed forwards count the same tokens."""
+    layers = [module for module in model.modules() if isinstance(module, FFF)]
+    for layer in layers:
+        layer.visit_tokens = keep
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.visit_tokens = None
 
 
 def take_routing_visits(

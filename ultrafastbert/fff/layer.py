@@ -131,6 +131,9 @@ class FFF(nn.Module):
         # training). A plain attribute, not a buffer: DDP would broadcast rank 0's counts over the others'.
         self.routing_visits: Tensor | None = None
         self.record_visits = False
+        # Which tokens' visits count (bool, one per token of the next forwards; None: all): set by
+        # ``balance.count_visits_at`` so that masked-language-model training balances on the uncorrupted positions.
+        self.visit_tokens: Tensor | None = None
         # The load-balancing loss of the training forwards since ``balance.take_routing_loss`` last took it.
         self.balance_loss = float(balance_loss)
         self.routing_loss: Tensor | None = None
@@ -259,8 +262,16 @@ class FFF(nn.Module):
         return nodes.reshape(*x.shape[:-1], self.trees, self.depth + 1)
 
     def _record_visits(self, nodes: Tensor) -> None:
-        """Add the visit counts of ``nodes`` (global indices, any shape) to ``routing_visits``."""
+        """Add the visit counts of ``nodes`` (global indices ``(tokens, ...)``) to ``routing_visits``, of the tokens
+        ``visit_tokens`` selects where it is set."""
         with torch.no_grad():
+            if self.visit_tokens is not None:
+                keep = self.visit_tokens.reshape(-1)
+                if keep.numel() != nodes.shape[0]:
+                    raise ValueError(
+                        f"FFF visit_tokens selects among {keep.numel()} tokens, but the forward had {nodes.shape[0]}"
+                    )
+                nodes = nodes[keep.to(device=nodes.device, dtype=torch.bool)]
             counts = torch.bincount(nodes.reshape(-1), minlength=self.linear_in.out_features)
         self.routing_visits = counts if self.routing_visits is None else self.routing_visits + counts
 

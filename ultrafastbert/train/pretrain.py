@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..fff import FFF
-from ..fff.balance import move_routing_offsets, take_routing_loss, take_routing_visits
+from ..fff.balance import count_visits_at, move_routing_offsets, take_routing_loss, take_routing_visits
 from ..model.health import health_postfix, health_record, tree_health
 from ..model.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
 from ..progress import progress as progress_bar
@@ -320,14 +320,16 @@ class Pretrainer:
                 return None
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
-            with sync, torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-                loss = self.ddp_model(input_ids=inputs, labels=labels, sparse_prediction=True).loss
-                summed = loss.float() * count if count > 0 else loss.float() * 0.0
-            objective = summed * scale
-            auxiliary = take_routing_loss(self.model)  # the FFF layers' load-balancing loss, when they have one
-            if auxiliary is not None:
-                objective = objective + auxiliary / len(batches)
-            objective.backward()
+            # routing visits (balance, tree health) count the positions the masking left as they were
+            with sync, count_visits_at(self.model, labels == -100):
+                with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                    loss = self.ddp_model(input_ids=inputs, labels=labels, sparse_prediction=True).loss
+                    summed = loss.float() * count if count > 0 else loss.float() * 0.0
+                objective = summed * scale
+                auxiliary = take_routing_loss(self.model)  # the FFF layers' load-balancing loss, if they have one
+                if auxiliary is not None:
+                    objective = objective + auxiliary / len(batches)
+                objective.backward()
             loss_sum += summed.detach()
         # DDP has summed the gradients and the loss is summed here, so every rank takes the same decision below
         grad_norm = self._gradient_norm()
