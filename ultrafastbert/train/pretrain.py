@@ -1,10 +1,12 @@
-"""Masked-language-model pretraining with the crammed recipe (``docs/design.md``).
+"""Language-model pretraining with the crammed recipe (``docs/design.md``): masked-LM for the encoders, or
+next-token prediction (``objective="causal"``) for causal decoders, through the same loop, budgets and checkpoints.
 
 The loop is deterministic given the seed: the global order of sequences is a seeded permutation per epoch, and
-each sequence's mask is drawn from a generator seeded by its global position. A run therefore resumes exactly
-from a checkpoint, and ``N`` processes with micro-batch ``b`` see exactly the sequences and masks one process
-with micro-batch ``N*b`` sees. The loss of an optimizer step is the sum over every masked token of the step
-divided by their global count, so both set-ups compute the same gradients.
+each sequence's mask (causal batches have none) is drawn from a generator seeded by its global position. A run
+therefore resumes exactly from a checkpoint, and ``N`` processes with micro-batch ``b`` see exactly the sequences
+and masks one process with micro-batch ``N*b`` sees. The loss of an optimizer step is the sum over every
+predicted token of the step (masked ones; for a causal LM every token but each sequence's first) divided by their
+global count, so both set-ups compute the same gradients.
 
 A step whose loss or gradient norm is not finite updates nothing; more than ``max_nonfinite_steps`` of them in a
 row stop the run with :class:`TrainingDivergedError`, and non-finite weights are never saved, so the last
@@ -22,6 +24,7 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.causal import predicted_tokens
 from ..fff import FFF
 from ..fff.balance import count_visits_at, move_routing_offsets, take_routing_loss, take_routing_visits
 from ..model.health import health_postfix, health_record, tree_health
@@ -47,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 # (token ids (B, S), one generator per sequence) -> (input ids, labels with -100 where not masked)
 Masker = Callable[[Tensor, Sequence[torch.Generator]], tuple[Tensor, Tensor]]
+
+# What a model learns to predict: masked tokens ("mlm", the masker chooses them) or every next token ("causal",
+# with data.causal.causal_rows as the masker: labels are the inputs, which the model shifts by one).
+OBJECTIVES = ("mlm", "causal")
 
 # what a Pretrainer writes in its output folder
 CHECKPOINTS = "checkpoints"
@@ -143,6 +151,32 @@ def mlm_metrics(
     }
 
 
+@torch.no_grad()
+def causal_lm_metrics(
+    model: nn.Module, sequences: Sequence[Tensor], batch_size: int, max_sequences: int | None = None
+) -> dict[str, float]:
+    """Next-token loss (mean over every predicted token: all but each sequence's first), its perplexity
+    (``exp`` of that mean) and top-1 accuracy, over the first ``max_sequences`` of ``sequences``."""
+    model.eval()
+    device = next(model.parameters()).device
+    count = len(sequences) if max_sequences is None else min(max_sequences, len(sequences))
+    loss_sum, correct, predicted = 0.0, 0, 0
+    for start in range(0, count, batch_size):
+        ids = torch.stack([sequences[p] for p in range(start, min(count, start + batch_size))]).to(device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, S-1, V): t predicts t+1
+        targets = ids[:, 1:]
+        loss_sum += nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+        correct += int((logits.argmax(-1) == targets).sum())
+        predicted += targets.numel()
+    mean = loss_sum / max(predicted, 1)
+    return {
+        "val_loss": mean,
+        "val_perplexity": math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf,
+        "val_accuracy": correct / max(predicted, 1),
+        "val_predicted_tokens": predicted,
+    }
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -154,7 +188,9 @@ class StepStats:
 
 
 class Pretrainer:
-    """Runs, checkpoints and resumes one MLM pretraining run of ``model`` on packed token sequences."""
+    """Runs, checkpoints and resumes one pretraining run of ``model`` on packed token sequences: masked-LM, or with
+    ``objective="causal"`` next-token prediction (a causal LM taking ``labels``; ``masker`` is then
+    :func:`~ultrafastbert.data.causal.causal_rows`)."""
 
     def __init__(
         self,
@@ -166,7 +202,11 @@ class Pretrainer:
         context: DistributedContext | None = None,
         validation_sequences: Sequence[Tensor] | None = None,
         run_config: dict[str, Any] | None = None,
+        objective: str = "mlm",
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.objective = objective
         self.context = context or DistributedContext()
         self.loss_limit = exploded_loss_limit(model)
         if not config.train_position_scale:
@@ -207,7 +247,10 @@ class Pretrainer:
     def _checkpoint_config(self) -> dict[str, Any]:
         """The configuration a checkpoint must match to be resumed: the caller's ``run_config`` (model, data,
         recipe) and the data layout. Keys named in ``RESUME_MAY_CHANGE`` are left out of the comparison."""
-        return {"run": self.run_config, "world_size": self.context.world_size, "micro_batch": self.config.micro_batch}
+        config = {"run": self.run_config, "world_size": self.context.world_size, "micro_batch": self.config.micro_batch}
+        if self.objective != "mlm":  # absent for MLM, as in the checkpoints written before there was a choice
+            config["objective"] = self.objective
+        return config
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank checks the weights, which DDP keeps equal).
@@ -305,7 +348,7 @@ class Pretrainer:
             (inputs.to(self.context.device), labels.to(self.context.device))
             for inputs, labels in self._micro_batches(accumulation)
         ]
-        local_counts = torch.tensor([float((labels != -100).sum()) for _, labels in batches])
+        local_counts = torch.tensor([float(self._predicted_tokens(labels)) for _, labels in batches])
         global_masked = all_reduce_sum(local_counts.sum().reshape(1).to(self.context.device), self.context)
         global_masked = max(global_masked.item(), 1.0)
         # DDP averages gradients over ranks; scaling by world size turns that average back into a global sum.
@@ -320,10 +363,11 @@ class Pretrainer:
                 return None
             last = index == len(batches) - 1
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
-            # routing visits (balance, tree health) count the positions the masking left as they were
-            with sync, count_visits_at(self.model, labels == -100):
+            # routing visits (balance, tree health) count the positions the masking left as they were (causal
+            # batches: every token)
+            with sync, count_visits_at(self.model, labels == -100 if self.objective == "mlm" else None):
                 with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-                    loss = self.ddp_model(input_ids=inputs, labels=labels, sparse_prediction=True).loss
+                    loss = self.ddp_model(input_ids=inputs, labels=labels, **self._forward_options()).loss
                     summed = loss.float() * count if count > 0 else loss.float() * 0.0
                 objective = summed * scale
                 auxiliary = take_routing_loss(self.model)  # the FFF layers' load-balancing loss, if they have one
@@ -360,6 +404,15 @@ class Pretrainer:
             tokens=sum(inputs.numel() for inputs, _ in batches) * world,
         )
 
+    def _predicted_tokens(self, labels: Tensor) -> int:
+        """The tokens of a micro-batch the model's loss averages over (the model shifts causal labels itself)."""
+        return int((labels != -100).sum()) if self.objective == "mlm" else predicted_tokens(labels)
+
+    def _forward_options(self) -> dict[str, Any]:
+        """Keyword arguments of the training forward besides inputs and labels: crammedBERT's MLM decodes the
+        masked positions only; a causal LM keeps no KV cache (it is for generation)."""
+        return {"sparse_prediction": True} if self.objective == "mlm" else {"use_cache": False}
+
     def _balance_trees(self) -> None:
         """Move balancing FFF layers' routing offsets by this step's visit counts (summed over processes), and add
         the counts to those of the next tree-health report."""
@@ -391,6 +444,8 @@ class Pretrainer:
     def evaluate(self, max_sequences: int | None = None) -> dict[str, float]:
         if not self.validation_sequences:
             return {}
+        if self.objective == "causal":
+            return causal_lm_metrics(self.model, self.validation_sequences, self.config.micro_batch, max_sequences)
         return mlm_metrics(
             self.model,
             self.validation_sequences,
