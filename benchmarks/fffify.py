@@ -26,7 +26,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from ultrafastbert.cache import cache_root
 from ultrafastbert.fffify.config import FffifyConfig
 from ultrafastbert.fffify.distill import capture, distill_layer, r_squared, texts_for_tokens, tokenize
 from ultrafastbert.fffify.job import RECORD, conversion_texts, embedding_fidelity, fffify_job
-from ultrafastbert.fffify.source import check_source, load_source
+from ultrafastbert.fffify.source import check_source, load_source, sequence_length
 from ultrafastbert.model import AutoModel
 from ultrafastbert.model.tokenizer import load_tokenizer
 from ultrafastbert.study.retention import TaskScores, retention
@@ -132,18 +132,24 @@ def finetune(output: Path, source: Path) -> None:
                 temporary.replace(path)
 
 
-def baselines(output: Path, source: Path) -> None:
-    """Held-out R^2 per layer of a linear map and of narrow dense feedforwards, on the conversions' data."""
+def baselines(output: Path, source: Path, config: FffifyConfig | None = None, cache_dir: Path | None = None) -> None:
+    """Held-out R^2 per layer of a linear map and of narrow dense feedforwards, on the conversions' data (the
+    conversions' settings unless ``config`` is given; texts as long as the model accepts, at most 128 tokens)."""
     path = output / "baselines.json"
     if path.is_file():
         return
-    config = FffifyConfig(layer_steps=LAYER_STEPS)
+    config = FffifyConfig(layer_steps=LAYER_STEPS) if config is None else config
     checked = check_source(source, config)
+    config = replace(config, seq_len=sequence_length(checked, config))
     tokenizer = load_tokenizer(source)
-    train_texts, heldout_texts = conversion_texts(config, None)
+    train_texts, heldout_texts = conversion_texts(config, cache_dir)
     dense = load_source(source, checked)
-    train = tokenize(tokenizer, texts_for_tokens(tokenizer, train_texts, config.train_tokens, config.seq_len), 128)
-    heldout = tokenize(tokenizer, texts_for_tokens(tokenizer, heldout_texts, config.heldout_tokens, 128), 128)
+    train = tokenize(
+        tokenizer, texts_for_tokens(tokenizer, train_texts, config.train_tokens, config.seq_len), config.seq_len
+    )
+    heldout = tokenize(
+        tokenizer, texts_for_tokens(tokenizer, heldout_texts, config.heldout_tokens, config.seq_len), config.seq_len
+    )
     pairs, heldout_pairs = capture(dense, train), capture(dense, heldout)
     widths = sorted({spec[0] * (spec[1] + 1) for spec in CONVERSIONS.values()})
     generator = torch.Generator().manual_seed(config.seed)
@@ -178,6 +184,7 @@ def baselines(output: Path, source: Path) -> None:
             block.intermediate, block.output.dense = module, torch.nn.Identity()
         embedding[kind] = embedding_fidelity(dense, model.eval(), sentences)
         print(f"baselines {kind}: embedding cosine {embedding[kind]['cosine_mean']:.3f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"widths": widths, "layers": layers, "embedding": embedding}, indent=1) + "\n")
 
 
@@ -201,6 +208,12 @@ def narrow_feedforward(block: torch.nn.Module, X: torch.Tensor, width: int) -> t
     return narrow
 
 
+def timed_seq_len(source: Path) -> int:
+    """The timed sequence length: ``SEQ_LEN``, or the model's ``max_position_embeddings`` when smaller."""
+    limit = json.loads((source / "config.json").read_text()).get("max_position_embeddings", SEQ_LEN)
+    return min(SEQ_LEN, limit)
+
+
 def ff_input(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     """What layer 0's feedforward receives for ``inputs`` in ``model``: ``(tokens, hidden)``."""
     seen = []
@@ -220,18 +233,19 @@ def timing(output: Path, source: Path, threads: int) -> None:
         return
     torch.set_num_threads(threads)
     tokenizer = load_tokenizer(source)
+    seq_len = timed_seq_len(source)
     from ultrafastbert.data import prepare_default_data
 
     texts = [text for text in prepare_default_data(cache_root()).corpus.documents("validation") if len(text) > 600]
     timed = [DENSE, *(name for name, spec in CONVERSIONS.items() if spec[3])]  # the shapes converted end to end
     models = {name: AutoModel.from_pretrained(model_dir(output, name, source)).eval() for name in timed}
-    result: dict[str, dict] = {"threads": threads, "seq_len": SEQ_LEN, "batches": {}}
+    result: dict[str, dict] = {"threads": threads, "seq_len": seq_len, "batches": {}}
     for batch in BATCHES:
         encoded = tokenizer(
-            texts[:batch], truncation=True, max_length=SEQ_LEN, padding="max_length", return_tensors="pt"
+            texts[:batch], truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt"
         )
         inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        hidden = ff_input(models[DENSE], inputs)  # layer 0's feedforward input, (batch * 128, hidden)
+        hidden = ff_input(models[DENSE], inputs)  # layer 0's feedforward input, (batch * seq_len, hidden)
         whole, layer = [], []
         for name, model in models.items():
             whole.append(TimedCall(name, lambda model=model, inputs=inputs: model(**inputs)))
@@ -398,7 +412,8 @@ def markdown(payload: dict) -> str:
     if payload["timing"]:
         lines += [
             "",
-            f"## Speed ({payload['timing']['threads']} threads, sequence {SEQ_LEN}, median of interleaved rounds)",
+            f"## Speed ({payload['timing']['threads']} threads, sequence {payload['timing']['seq_len']}, median of "
+            "interleaved rounds)",
             "",
             "| model | " + " | ".join(f"batch {b}: model ms (x) | FF layer ms (x)" for b in BATCHES) + " |",
             "|---|" + "---|---|" * len(BATCHES),

@@ -436,3 +436,27 @@ def test_a_converted_folder_missing_a_tree_weight_is_refused_naming_it(converted
     with pytest.raises(CheckpointError, match=r"missing \(1\): encoder\.layer\.1\.intermediate\.fff\.linear_out"):
         AutoModel.from_pretrained(folder)
     AutoModelForSequenceClassification.from_pretrained(converted["root"] / "out", num_labels=2)  # a new head is fine
+
+
+def load_report_script():
+    """``benchmarks/fffify.py`` (a script, not a package module) as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fffify.py"
+    spec = importlib.util.spec_from_file_location("fffify_report_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_baselines_fit_a_model_with_fewer_positions_than_128(tmp_path: Path) -> None:
+    tiny_bert(tmp_path / "bert")  # 64 positions; the texts below are longer than that
+    rng = random.Random(0)
+    documents = [" ".join(rng.choice(WORDS) for _ in range(150)) for _ in range(60)]
+    (tmp_path / "texts.txt").write_text("\n\n".join(documents) + "\n")
+    script = load_report_script()
+    config = quick(seq_len=None, layer_steps=2, corpus=(str(tmp_path / "texts.txt"),), heldout_sentences=12)
+    script.baselines(tmp_path / "report", tmp_path / "bert", config, cache_dir=tmp_path / "cache")
+    result = json.loads((tmp_path / "report" / "baselines.json").read_text())
+    assert len(result["layers"]) == 2 and result["embedding"]["linear"]["sentences"] > 0
+    assert script.timed_seq_len(tmp_path / "bert") == 64
