@@ -50,7 +50,7 @@ model_folder = flag_type(_model_folder)
 
 
 def _add_bench(bench: argparse.ArgumentParser) -> None:
-    from .bench.config import LayerBenchConfig, ModelBenchConfig
+    from .bench.config import DecodeBenchConfig, LayerBenchConfig, ModelBenchConfig
     from .bench.timing import thread_count
 
     which = bench.add_subparsers(dest="bench", required=True)
@@ -100,6 +100,22 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     shapes.set_defaults(handler=run_shapes)
 
     benchmark("model", "whole-model forward: crammedBERT vs UltraFastBERT paths vs BERT", ModelBenchConfig, run_model)
+
+    decode = which.add_parser(
+        "decode",
+        help="token-by-token decoding with the KV cache (dense, FFF, narrow, no FF) and the GPT-3 feedforward layer",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    add_flags(decode, DecodeBenchConfig)
+    decode.add_argument("--output", default="benchmarks/results/decode", help="folder for report.json and report.md")
+
+    def run_decode(args: argparse.Namespace) -> int:
+        from .bench.decode import run_decode_benchmark
+
+        run_decode_benchmark(from_flags(DecodeBenchConfig, args), output=args.output)
+        return 0
+
+    decode.set_defaults(handler=run_decode)
 
 
 def _add_convert(convert: argparse.ArgumentParser) -> None:
@@ -467,7 +483,7 @@ def _add_inspect(inspect: argparse.ArgumentParser) -> None:
 
 # name -> (one-line help, description, the function adding the command's flags and handler)
 COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], None]]] = {
-    "bench": ("benchmarks (layer, shapes, model)", None, _add_bench),
+    "bench": ("benchmarks (layer, shapes, model, decode)", None, _add_bench),
     "convert": (
         "rewrite a checkpoint folder between the original (published) and the clean format",
         None,

@@ -5,9 +5,10 @@ Kept apart from the benchmarks, and free of torch, so that building the command 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from ..flags import check_fields, positive
 from .timing import DEVICES, Rounds, thread_count
 
 DTYPES = ("float32", "bfloat16")
@@ -104,3 +105,105 @@ class ModelBenchConfig:
     @property
     def rounds(self) -> Rounds:
         return Rounds(self.repeats, self.min_rounds, self.max_rounds, self.min_seconds, self.warmup)
+
+
+DECODE_MODELS = ("dense", "fff", "narrow", "no-ff")
+DECODE_PRESETS = ("gpt2-small", "smoke")
+# What ``--preset smoke`` puts in place of every setting left at its default: a tiny decoder, a few steps, and a
+# GPT-3 layer stand-in small enough for a test.
+DECODE_SMOKE = {
+    "contexts": (8, 16),
+    "new_tokens": 2,
+    "batches": (1, 2),
+    "min_rounds": 1,
+    "max_rounds": 2,
+    "min_seconds": 0.0,
+    "warmup": 1,
+    "gpt3_tokens": (1, 2),
+    "gpt3_width": 64,
+    "gpt3_hidden": 256,
+    "gpt3_depth": 4,
+    "gpt3_min_seconds": 0.0,
+    "bandwidth_mib": 4,
+}
+
+
+@dataclass
+class DecodeBenchConfig:
+    """Batch-1 (and batch-B) token-by-token decoding with the KV cache, and the GPT-3 feedforward layer."""
+
+    preset: str = field(
+        default="gpt2-small",
+        metadata={
+            "choices": DECODE_PRESETS,
+            "help": "gpt2-small: the decoders at GPT-2 small's shape (12 x 768, vocabulary 50257), the run of record; "
+            "smoke: the tiny decoder, contexts 8 and 16, 2 new tokens and a GPT-3 layer stand-in of width 64 "
+            "(every setting left at its default takes the smoke value)",
+        },
+    )
+    models: tuple[str, ...] = field(
+        default=DECODE_MODELS,
+        metadata={"choices": DECODE_MODELS, "help": "feedforwards: dense 4H, FFF (the size's tree), narrow dense as "
+                  "wide as the tree's path, none (the ceiling)"},
+    )  # fmt: skip
+    contexts: tuple[int, ...] = field(
+        default=(128, 512, 1024), metadata={"check": positive, "help": "prompt lengths (tokens in the KV cache)"}
+    )
+    new_tokens: int = field(default=16, metadata={"check": positive, "help": "tokens decoded one at a time, timed"})
+    batches: tuple[int, ...] = field(default=(1, 8), metadata={"check": positive, "help": "sequences decoded at once"})
+    dtypes: tuple[str, ...] = field(default=DTYPES, metadata={"choices": DTYPES, "help": "one pass per dtype"})
+    threads: int | None = field(
+        default=None, metadata={"type": thread_count, "help": "torch threads, or 'all' (default: torch's own)"}
+    )
+    min_rounds: int = field(default=5, metadata={"check": positive, "help": "decoding: at least this many rounds"})
+    max_rounds: int = field(default=30, metadata={"check": positive, "help": "decoding: at most this many rounds"})
+    min_seconds: float = field(
+        default=4.0, metadata={"help": "decoding: timed seconds per context, batch and dtype, at least"}
+    )
+    warmup: int = field(default=1, metadata={"help": "untimed calls of each candidate first"})
+    gpt3_layer: bool = field(
+        default=True, metadata={"flag": "--no-gpt3-layer", "help": "leave out the GPT-3 feedforward layer"}
+    )
+    gpt3_tokens: tuple[int, ...] = field(
+        default=(1, 16), metadata={"check": positive, "help": "GPT-3 layer: tokens per call"}
+    )
+    gpt3_width: int = field(default=12288, metadata={"check": positive, "help": "GPT-3 layer: features in and out"})
+    gpt3_hidden: int = field(default=49152, metadata={"check": positive, "help": "GPT-3 layer: dense neurons"})
+    gpt3_depth: int = field(default=15, metadata={"help": "GPT-3 layer: the tree's depth"})
+    gpt3_min_seconds: float = field(
+        default=4.0, metadata={"help": "GPT-3 layer: timed seconds per layer and dtype, at least"}
+    )
+    bandwidth_mib: int = field(
+        default=1024, metadata={"check": positive, "help": "memory-read probe: MiB summed (far above the caches)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds weights and token ids"})
+
+    def __post_init__(self) -> None:
+        if self.preset not in DECODE_PRESETS:
+            raise ValueError(f"unknown decode preset {self.preset!r}; choose one of {DECODE_PRESETS}")
+        unknown = [model for model in self.models if model not in DECODE_MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"unknown decode model {unknown or '(none given)'}; choose from {DECODE_MODELS}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"a decode model is named twice in {self.models}")
+        if self.preset == "smoke":
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in DECODE_SMOKE.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+        check_fields(self)
+        if not 0 <= self.gpt3_depth <= 20:
+            raise ValueError(f"gpt3_depth must lie in [0, 20], got {self.gpt3_depth}")
+
+    @property
+    def decoder_size(self) -> str:
+        """The decoder preset's size (``UltraFastGPTConfig.from_preset``): ``gpt2-small`` or, smoke, ``tiny-gpt``."""
+        return "tiny-gpt" if self.preset == "smoke" else self.preset
+
+    @property
+    def rounds(self) -> Rounds:
+        return Rounds(None, self.min_rounds, self.max_rounds, self.min_seconds, self.warmup)
+
+    @property
+    def gpt3_rounds(self) -> Rounds:
+        return Rounds(None, self.min_rounds, 500, self.gpt3_min_seconds, self.warmup)

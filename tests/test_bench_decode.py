@@ -1,0 +1,156 @@
+"""The decoding benchmark and the GPT-3 layer benchmark: the report's records on the smoke preset, the decode loop
+against ``generate``, the bytes each model reads, the memory-lean reference, and one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ultrafastbert.bench import gpt3
+from ultrafastbert.bench.config import DECODE_MODELS, DecodeBenchConfig
+from ultrafastbert.bench.decode import _Decoder, build_models, run_decode_benchmark, weight_bytes_per_step
+from ultrafastbert.cli import main
+from ultrafastbert.fff import fff_reference, kernels
+
+MODELS = {*DECODE_MODELS, "gpt3-dense", "gpt3-fff"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the GPT-3 layer times the compiled kernel")
+def test_smoke_report_holds_one_record_per_measurement(tmp_path):
+    output = tmp_path / "decode"
+    report = run_decode_benchmark(DecodeBenchConfig(preset="smoke", threads=1), output=output)
+    saved = json.loads((output / "report.json").read_text())
+    assert saved["records"] == report["records"]
+    records = saved["records"]
+    decoding = [r for r in records if r["model"] in DECODE_MODELS]
+    layer = [r for r in records if r["model"] in ("gpt3-dense", "gpt3-fff")]
+    bandwidth = [r for r in records if "bandwidth_gb_s" in r]
+    assert len(decoding) + len(layer) + len(bandwidth) == len(records)
+    # every model at every context, batch and dtype of the smoke preset, once
+    settings = {(r["context"], r["batch"], r["dtype"]) for r in decoding}
+    assert settings == {(c, b, d) for c in (8, 16) for b in (1, 2) for d in ("float32", "bfloat16")}
+    assert len(decoding) == len(settings) * len(DECODE_MODELS)
+    for r in decoding:
+        assert r["tokens_per_s"] > 0 and r["ms_per_token"] > 0 and r["bytes_per_token"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["ms_per_step"])
+        assert sum(r["shares"].values()) == pytest.approx(1.0)
+    by_model = {(r["model"], r["batch"], r["dtype"]): r["bytes_per_token"] for r in decoding}
+    for batch, dtype in {(b, d) for _, b, d in settings}:
+        no_ff, fff, dense = (by_model[(m, batch, dtype)] for m in ("no-ff", "fff", "dense"))
+        assert no_ff < fff < dense
+    assert {(r["model"], r["tokens"], r["dtype"]) for r in layer} == {
+        (m, t, d) for m in ("gpt3-dense", "gpt3-fff") for t in (1, 2) for d in ("float32", "bfloat16")
+    }
+    assert all(r["ms"] > 0 and r["floor_ms"] > 0 for r in layer)
+    assert len(bandwidth) == 1 and bandwidth[0]["bandwidth_gb_s"] > 0
+    text = (output / "report.md").read_text()
+    assert saved["machine"]["cpu"] in text and "ultrafastbert bench decode --preset smoke" in text
+    assert all(len(saved["load_average"][when]) == 3 for when in ("before", "after"))
+
+
+def test_decode_loop_is_greedy_generation_with_the_cache():
+    """A timed call decodes what ``generate`` does, again after the cache is cropped back."""
+    config = DecodeBenchConfig(preset="smoke", models=("fff", "dense"))
+    models = build_models(config)
+    prompt = torch.randint(0, 8192, (2, 16), generator=torch.Generator().manual_seed(1))
+    for model in models.values():
+        decoder = _Decoder(model, prompt)
+        decoder.prefill()
+        for context in (16, 9):
+            decoder.context = context
+            with torch.inference_mode():
+                decoder.reset()
+                first = decoder.decode(3)
+                decoder.reset()
+                again = decoder.decode(3)
+                expected = model.generate(prompt[:, :context], max_new_tokens=3, do_sample=False, min_new_tokens=3)
+            assert torch.equal(first, expected[:, context:]) and torch.equal(again, first)
+
+
+def test_weight_bytes_per_step_count_the_feedforward_each_model_reads():
+    config = DecodeBenchConfig(preset="smoke")
+    models = build_models(config)
+    layers, hidden = models["dense"].config.num_hidden_layers, models["dense"].config.hidden_size
+    width, depth = models["dense"].config.intermediate_size, models["fff"].config.fff_depth
+    base = {batch: weight_bytes_per_step(models["no-ff"], batch) for batch in (1, 3)}
+    norm = 2 * hidden * 4  # the layer's second LayerNorm, which the no-FF model leaves out
+    for batch in (1, 3):
+        assert weight_bytes_per_step(models["dense"], batch) - base[batch] == layers * (2 * hidden * width * 4 + norm)
+        fff_rows = batch * (depth + 1) * (2 * hidden + 1) * 4  # one path per sequence
+        assert weight_bytes_per_step(models["fff"], batch) - base[batch] == layers * (fff_rows + norm)
+    # the tied head counts once, whole; the embeddings one row per sequence
+    head = models["no-ff"].lm_head.weight
+    assert base[3] - base[1] == 2 * 2 * hidden * 4 and base[1] > head.numel() * 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_reference_is_the_masking_reference(monkeypatch, dtype):
+    monkeypatch.setattr(gpt3, "REFERENCE_CHUNK", 5)  # several chunks of the 31 nodes
+    torch.manual_seed(0)
+    layer = gpt3.fff_layer(gpt3.Gpt3Shape(width=24, hidden=96, depth=4), dtype)
+    assert layer.linear_out.weight.t().is_contiguous()  # stored the way the kernel reads it, once
+    x = torch.randn(7, 24, dtype=dtype)
+    got, nodes = gpt3.fff_reference_lean(layer, x)
+    weights = (layer.linear_in.weight, layer.linear_in.bias, layer.linear_out.weight)
+    expected = fff_reference(x, *weights, layer.depth, 1)
+    torch.testing.assert_close(got, expected, rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-6)
+    assert torch.equal(nodes, layer.visited_nodes(x))
+
+
+@pytest.mark.skipif(not kernels.available(), reason="checks the compiled kernel")
+def test_gpt3_check_passes_the_kernel_and_refuses_a_wrong_layer():
+    torch.manual_seed(0)
+    layer = gpt3.fff_layer(gpt3.Gpt3Shape(width=32, hidden=128, depth=5), torch.float32)
+    x = torch.randn(16, 32)
+    with torch.inference_mode():
+        assert gpt3.check_fff(layer, x) == 0
+    real = layer.forward
+
+    def wrong(x, return_path=False):
+        out, nodes = real(x, return_path=True)
+        return out * 1.01, nodes
+
+    layer.forward = wrong
+    with torch.inference_mode(), pytest.raises(AssertionError, match="differs from the reference"):
+        gpt3.check_fff(layer, x)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--models", "dense", "moe"], "invalid choice: 'moe'"),
+        (["--contexts", "0"], "--contexts: must be > 0"),
+        (["--contexts", "300"], "context 300 is longer than the tiny-gpt decoder's 256 tokens"),
+        (["--new-tokens", "0"], "--new-tokens: must be > 0"),
+        (["--batches", "-1"], "--batches: must be > 0"),
+        (["--models", "fff", "fff"], "named twice"),
+        (["--preset", "gpt9"], "invalid choice: 'gpt9'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_before_any_work(tmp_path, capsys, flags, message):
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "decode", "--preset", "smoke", "--output", str(output), *flags])
+    assert stopped.value.code not in (0, None)
+    error = capsys.readouterr().err if stopped.value.code == 2 else str(stopped.value.code)
+    assert message in error and "Traceback" not in error
+    assert not output.exists()
+
+
+def test_config_checks_values_given_in_python():
+    with pytest.raises(ValueError, match="unknown decode model"):
+        DecodeBenchConfig(models=("dense", "moe"))
+    with pytest.raises(ValueError, match="contexts must be > 0"):
+        DecodeBenchConfig(contexts=(0,))
+    assert DecodeBenchConfig(preset="smoke", new_tokens=5).new_tokens == 5  # a flag given beats the preset
+    assert DecodeBenchConfig(preset="smoke").contexts == (8, 16)
