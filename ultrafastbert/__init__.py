@@ -26,6 +26,8 @@ if TYPE_CHECKING:
         CrammedBertForTokenClassification,
         CrammedBertModel,
         CrammedBertTokenizer,
+        UltraFastGPTConfig,
+        UltraFastGPTForCausalLM,
         convert_checkpoint,
     )
 
@@ -39,6 +41,8 @@ __all__ = [
     "CrammedBertForTokenClassification",
     "CrammedBertModel",
     "CrammedBertTokenizer",
+    "UltraFastGPTConfig",
+    "UltraFastGPTForCausalLM",
     "__version__",
     "convert_checkpoint",
 ]
@@ -56,6 +60,8 @@ _public_name, __dir__ = lazy_exports(
             "CrammedBertForTokenClassification",
             "CrammedBertModel",
             "CrammedBertTokenizer",
+            "UltraFastGPTConfig",
+            "UltraFastGPTForCausalLM",
             "convert_checkpoint",
         ),
     },

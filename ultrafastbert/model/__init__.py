@@ -3,6 +3,7 @@
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -12,6 +13,7 @@ from transformers import (
 
 from .configuration import MODEL_TYPE, CrammedBertConfig
 from .convert import convert_checkpoint
+from .decoder import UltraFastGPTConfig, UltraFastGPTForCausalLM, UltraFastGPTModel, UltraFastGPTPreTrainedModel
 from .fffbert import (
     FFFBertConfig,
     FFFBertForMaskedLM,
@@ -33,8 +35,8 @@ from .tokenizer import CrammedBertTokenizer, load_tokenizer
 
 
 def register_auto_classes() -> None:
-    """Make the ``Auto*`` classes resolve ``model_type = "crammedBERT"`` and ``"fffbert"`` to these classes
-    (idempotent)."""
+    """Make the ``Auto*`` classes resolve ``model_type = "crammedBERT"``, ``"fffbert"`` and ``"ultrafastgpt"`` to
+    these classes (idempotent)."""
     AutoConfig.register(MODEL_TYPE, CrammedBertConfig, exist_ok=True)
     AutoModel.register(CrammedBertConfig, CrammedBertModel, exist_ok=True)
     AutoModelForMaskedLM.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
@@ -48,6 +50,9 @@ def register_auto_classes() -> None:
     AutoModelForSequenceClassification.register(FFFBertConfig, FFFBertForSequenceClassification, exist_ok=True)
     AutoModelForTokenClassification.register(FFFBertConfig, FFFBertForTokenClassification, exist_ok=True)
     AutoModelForQuestionAnswering.register(FFFBertConfig, FFFBertForQuestionAnswering, exist_ok=True)
+    AutoConfig.register(UltraFastGPTConfig.model_type, UltraFastGPTConfig, exist_ok=True)
+    AutoModel.register(UltraFastGPTConfig, UltraFastGPTModel, exist_ok=True)
+    AutoModelForCausalLM.register(UltraFastGPTConfig, UltraFastGPTForCausalLM, exist_ok=True)
 
 
 register_auto_classes()
@@ -68,6 +73,10 @@ __all__ = [
     "FFFBertForSequenceClassification",
     "FFFBertForTokenClassification",
     "FFFBertModel",
+    "UltraFastGPTConfig",
+    "UltraFastGPTForCausalLM",
+    "UltraFastGPTModel",
+    "UltraFastGPTPreTrainedModel",
     "convert_checkpoint",
     "load_tokenizer",
     "register_auto_classes",

@@ -54,6 +54,7 @@ PACKAGE_ONLY_MODULES = (__name__,)
 PACKAGE_ONLY_MEMBERS = {
     f"{PACKAGE}.model.modeling": (("CrammedBertPreTrainedModel", "save_pretrained"),),
     f"{PACKAGE}.model.fffbert": (("FFFBertPreTrainedModel", "save_pretrained"),),
+    f"{PACKAGE}.model.decoder": (("UltraFastGPTPreTrainedModel", "save_pretrained"),),
 }
 
 _STAND_IN_TEMPLATE = '''"""Stand-in for the compiled FFF kernel of the ``{package}`` package (its {modules}
