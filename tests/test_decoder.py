@@ -206,6 +206,7 @@ def test_the_loss_is_the_shifted_cross_entropy_and_trains_every_feedforward() ->
     labels = ids.clone()
     labels[0, 4] = -100
     output = model(ids, labels=labels)
+    assert output.past_key_values is None  # training forwards make no cache unless asked
     expected = torch.nn.functional.cross_entropy(
         output.logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100
     )

@@ -389,12 +389,14 @@ class UltraFastGPTModel(UltraFastGPTPreTrainedModel):
     ) -> BaseModelOutputWithPast | tuple:
         """``input_ids`` ``(B, S)``: the new tokens; ``attention_mask`` ``(B, T)`` over the cached and the new tokens
         (1: a token, 0: padding; default: all tokens); ``position_ids`` ``(B, S)`` (default ``P .. T-1``; generation
-        passes them counted over the unpadded tokens); ``past_key_values`` a ``Cache`` (``use_cache`` makes a
-        ``DynamicCache`` when none is given) -> ``last_hidden_state`` ``(B, S, H)`` and the cache."""
+        passes them counted over the unpadded tokens); ``past_key_values`` a ``Cache`` (``use_cache``, by default
+        ``config.use_cache`` in eval mode and False in training, makes a ``DynamicCache`` when none is given)
+        -> ``last_hidden_state`` ``(B, S, H)`` and the cache."""
         config = self.config
         if output_attentions:
             raise ValueError("output_attentions is not supported: the attention runs fused, without probabilities")
-        use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a cache serves generation: training forwards make none unless asked
+            use_cache = config.use_cache and not self.training
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
         if self.gradient_checkpointing and self.training:
