@@ -207,16 +207,15 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         import signal
 
-        from .model.configuration import CrammedBertConfig
         from .model.loading import CheckpointError
-        from .train.jobs import pretrain_job
+        from .train.jobs import model_config_for_preset, pretrain_job
         from .train.pretrain import TrainingDivergedError
         from .train.run_folder import RunFolderError
 
         if args.max_steps is None and args.max_minutes is None:
             raise SystemExit("ultrafastbert pretrain: give a budget with --max-steps and/or --max-minutes")
         # refused before any work
-        CrammedBertConfig.from_preset(
+        model_config_for_preset(
             args.preset, max_position_embeddings=args.seq_len, fff_balance_rate=args.fff_balance_rate
         )
         try:
@@ -231,7 +230,12 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
                 file=sys.stderr,
             )
             return 128 + signum if signum else 1
-        if "val_loss" in final:
+        if "val_perplexity" in final:  # a causal decoder
+            print(
+                f"validation next-token loss {final['val_loss']:.3f}, perplexity {final['val_perplexity']:.2f}, "
+                f"accuracy {final['val_accuracy']:.3f}"
+            )
+        elif "val_loss" in final:
             print(
                 f"validation MLM loss {final['val_loss']:.3f}, accuracy {final['val_accuracy']:.3f} "
                 f"({final['val_accuracy_replaced']:.3f} on replaced tokens)"
@@ -239,6 +243,27 @@ def _add_pretrain(pretrain: argparse.ArgumentParser) -> None:
         return 0
 
     pretrain.set_defaults(handler=run)
+
+
+def _add_generate(generate: argparse.ArgumentParser) -> None:
+    from .train.config import GenerateConfig
+
+    generate.add_argument(
+        "--model", required=True, type=model_folder, help="causal decoder folder with its tokenizer (pretrain's model/)"
+    )
+    generate.add_argument("prompt", help="the text to continue")
+    add_flags(generate, GenerateConfig)
+
+    def run(args: argparse.Namespace) -> int:
+        from .progress import status
+        from .train.generation import generate_text
+
+        result = generate_text(args.model, args.prompt, from_flags(GenerateConfig, args))
+        rate = result.new_tokens / max(result.seconds, 1e-9)
+        status(f"{result.new_tokens} new tokens in {result.seconds:.2f} s ({rate:.1f} tokens/s)")
+        return 0
+
+    generate.set_defaults(handler=run)
 
 
 def _add_finetune(finetune: argparse.ArgumentParser) -> None:
@@ -496,8 +521,9 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _add_classify,
     ),
     "pretrain": (
-        "MLM pretraining with the crammed recipe (also under torchrun)",
-        "Pretrain on your text/JSONL files (--corpus) or the embedded default corpus. Stops at --max-steps or "
+        "pretraining with the crammed recipe: MLM for encoders, next-token for decoders (also under torchrun)",
+        "Pretrain on your text/JSONL files (--corpus) or the embedded default corpus: an encoder preset as a masked "
+        "LM, a decoder preset (tiny-gpt..., gpt2-small...) on next-token prediction. Stops at --max-steps or "
         "--max-minutes, whichever comes first; SIGINT/SIGTERM checkpoint and stop. A folder that already holds a "
         "run needs --resume (continue it) or --overwrite (delete it); a finished run continues with --resume and a "
         "larger --max-steps (a new schedule segment).",
@@ -522,6 +548,13 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         _add_fffify,
     ),
     "evaluate": ("MLM validation loss/accuracy of a pretrained model", None, _add_evaluate),
+    "generate": (
+        "continue a prompt with a pretrained causal decoder, printing tokens as they come",
+        "Greedy by default; --do-sample samples (--temperature, --top-k, --top-p, --seed). The prompt starts a "
+        "document, as documents started in pretraining; generation stops at the end of text or --max-new-tokens. "
+        "The folder, the prompt and its length against the model's context are checked before the weights load.",
+        _add_generate,
+    ),
     "study": (
         "quality study: dense vs FFF vs narrow dense vs no FF vs tree shapes, same budget; resumable",
         "Pretrains every variant with the same recipe, data and budget, finetunes each on the local tasks (and GLUE "
@@ -574,7 +607,18 @@ def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentPa
 # the benchmarks print only their tables (nothing for --quiet to hush) and have their own --threads
 UNQUIET_COMMANDS = ("bench",)
 # the commands that take --threads here
-THREADED_COMMANDS = ("pretrain", "finetune", "classify", "fffify", "fill-mask", "evaluate", "inspect", "demo", "study")
+THREADED_COMMANDS = (
+    "pretrain",
+    "finetune",
+    "classify",
+    "fffify",
+    "fill-mask",
+    "generate",
+    "evaluate",
+    "inspect",
+    "demo",
+    "study",
+)
 
 
 def _add_output_flags(parser: argparse.ArgumentParser, threads: bool) -> None:

@@ -91,7 +91,12 @@ class PretrainJob:
 
     output_dir: str = field(metadata={"flag": "--output", "help": "run folder: checkpoints/, metrics.jsonl, model/"})
     preset: str = field(
-        default="tiny-ufb-1x8", metadata={"help": "crammed-bert, ufb-KxD, tiny-crammed-bert[-W], tiny-ufb-KxD"}
+        default="tiny-ufb-1x8",
+        metadata={
+            "help": "encoders, pretrained as masked LMs: crammed-bert, ufb-KxD, tiny-crammed-bert[-W], tiny-ufb-KxD; "
+            "causal decoders, pretrained on next-token prediction: tiny-gpt[-FF], gpt2-small[-FF] with FF one of "
+            "dense, dense-W, fff, fff-KxD, narrow, no-ff"
+        },
     )
     corpus: list[str] = field(
         default_factory=list, metadata={"nargs": "*", "help": "text files, folders or .jsonl (default: embedded)"}
@@ -114,6 +119,52 @@ class PretrainJob:
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     train: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def probability_mass(value: float) -> None:
+    """Field check: a share of probability that keeps something, in (0, 1]."""
+    if not 0 < value <= 1:
+        raise ValueError(f"must lie in (0, 1], got {value}")
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of ``ultrafastbert generate``: how many tokens, and greedy decoding or sampling. The sampling
+    settings left unset take the model folder's generation config, else transformers' defaults (temperature 1,
+    top-k 50, top-p 1)."""
+
+    max_new_tokens: int = field(
+        default=50, metadata={"help": "tokens to generate (fewer when the model ends the text)", "check": positive}
+    )
+    do_sample: bool = field(default=False, metadata={"help": "sample each token (default: the most likely, greedy)"})
+    temperature: float | None = field(
+        default=None, metadata={"help": "with --do-sample: logits divided by this (default 1)", "check": positive}
+    )
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "with --do-sample: sample among the k likeliest tokens (default 50)", "check": positive},
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "with --do-sample: sample among the likeliest tokens holding this probability (default 1: all)",
+            "check": probability_mass,
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the sampling"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        given = [flag for flag, value in self.sampling_settings().items() if value is not None]
+        if given and not self.do_sample:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(
+                f"{flags} only {verb} to sampling: add --do-sample (without it the likeliest token is taken)"
+            )
+
+    def sampling_settings(self) -> dict[str, float | int | None]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Whole jobs, wired from the parts: data -> tokenizer -> model -> loop -> saved folder. Used by the CLI and demo.
 
 ``pretrain_job``: a corpus (yours, or the embedded default) to a pretrained model folder (``save_pretrained`` +
-tokenizer) with checkpoints and metrics, in a run folder it locks while it writes there and never starts over an
+tokenizer) with checkpoints and metrics, masked-LM for an encoder preset and next-token prediction for a causal
+decoder preset (``model_config_for_preset``), in a run folder it locks while it writes there and never starts over an
 old run unless told to resume or replace it. ``finetune_job``: a pretrained folder and named tasks or your own
 files to finetuned model folders and per-task scores (median over seeds), after checking everything it can
 before the first task trains. ``mlm_validation``: masked-LM loss and accuracy of a pretrained folder. Model
@@ -32,13 +33,21 @@ from ..data import (
     prepare_default_data,
     tokenizer_for_corpus,
 )
+from ..data.causal import causal_rows
 from ..data.corpus import Corpus
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
 from ..data.tokenizer import tokenizer_fingerprint
 from ..data.userdata import UserFiles
 from ..model import AutoConfig
-from ..model.configuration import CrammedBertConfig
+from ..model.configuration import PRESET_NAMES, CrammedBertConfig, preset_fields
 from ..model.convert import convert_checkpoint, model_class_for
+from ..model.decoder import (
+    DECODER_PRESET_FEEDFORWARDS,
+    DECODER_PRESET_NAMES,
+    UltraFastGPTConfig,
+    UltraFastGPTForCausalLM,
+    decoder_preset_fields,
+)
 from ..model.health import model_tree_health
 from ..model.inference import load_masked_lm
 from ..model.modeling import CrammedBertForMaskedLM
@@ -101,6 +110,25 @@ def convert_folder(source: str | Path, destination: str | Path, to: str = "clean
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Path(destination)
+
+
+def model_config_for_preset(preset: str, **overrides: Any) -> CrammedBertConfig | UltraFastGPTConfig:
+    """The model config of ``preset``, an encoder preset (crammedBERT/UltraFastBERT, pretrained as a masked LM) or
+    a causal decoder preset (UltraFastGPT, pretrained on next-token prediction); ``overrides`` replace fields. A
+    ``ValueError`` listing both families for an unknown name, or naming the field a preset cannot be built with."""
+    try:
+        return UltraFastGPTConfig(**{**decoder_preset_fields(preset), **overrides})
+    except ValueError as error:
+        if not str(error).startswith("unknown decoder preset"):
+            raise
+    try:
+        fields = preset_fields(preset)
+    except ValueError:
+        raise ValueError(
+            f"unknown model preset {preset!r}; encoders (masked LM): {', '.join(PRESET_NAMES)}; causal decoders: "
+            f"{', '.join(DECODER_PRESET_NAMES)} with FF one of {', '.join(DECODER_PRESET_FEEDFORWARDS)}"
+        ) from None
+    return CrammedBertConfig(**{**fields, **overrides})
 
 
 def load_corpus_for(job: PretrainJob, cache: Path) -> Corpus:
@@ -219,14 +247,17 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
             f"{job.seq_len} tokens, vocabulary {len(tokenizer):,}"
         )
         barrier(context)
-    model_config = CrammedBertConfig.from_preset(
+    model_config = model_config_for_preset(
         job.preset,
         vocab_size=len(tokenizer),
         max_position_embeddings=job.seq_len,
         fff_balance_rate=job.fff_balance_rate,
     )
+    causal = isinstance(model_config, UltraFastGPTConfig)
+    if causal:  # every packed document ends with <sep>: a decoder's end of text, where generate stops
+        model_config.pad_token_id, model_config.eos_token_id = tokenizer.pad_token_id, tokenizer.sep_token_id
     torch.manual_seed(job.train.seed)
-    model = CrammedBertForMaskedLM(model_config)
+    model = UltraFastGPTForCausalLM(model_config) if causal else CrammedBertForMaskedLM(model_config)
     # compared on resume, less the keys in pretrain.RESUME_MAY_CHANGE (library version, time budget, cadences)
     run_config = {
         "preset": job.preset,
@@ -242,12 +273,13 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
     trainer = Pretrainer(
         model,
         train_data,
-        MLMCollator(tokenizer, seed=job.train.seed).mask_rows,
+        causal_rows if causal else MLMCollator(tokenizer, seed=job.train.seed).mask_rows,
         job.train,
         job.output_dir,
         context,
         validation_sequences=validation_data,
         run_config=json.loads(json.dumps(run_config)),
+        objective="causal" if causal else "mlm",
     )
     if job.resume and trainer.resume() and context.is_main:
         logger.info("resumed from step %d", trainer.step)
