@@ -20,6 +20,7 @@ from huggingface_hub.dataclasses import strict
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import BertConfig
+from transformers.activations import ACT2FN
 from transformers.models.bert.modeling_bert import (
     BertForMaskedLM,
     BertForQuestionAnswering,
@@ -30,7 +31,8 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainedModel,
 )
 
-from ..fff import FFF, check_impl
+from ..fff import FFF, GroupedFFF, check_grouped_impl, check_impl
+from ..fff.grouped import MAX_GROUPED_DEPTH
 from ..fff.layer import MAX_DEPTH
 from .loading import CheckpointError, check_finite_weights, check_loading_info
 from .portable import FFF_FILES, LOADING_MODULE, save_pretrained_with_code
@@ -45,6 +47,10 @@ FFFBERT_AUTO_MAP = {
     "AutoModelForTokenClassification": f"{FFFBERT_FILE}.FFFBertForTokenClassification",
     "AutoModelForQuestionAnswering": f"{FFFBERT_FILE}.FFFBertForQuestionAnswering",
 }
+# The feedforward's kind: a tree of single neurons (FFF), or a routing tree over leaves of dense neurons (GroupedFFF)
+FFF_LAYERS = ("tree", "grouped")
+# The grouped layer's module, which the folder carries beside the FFF layer's (``portable.FFF_FILES``).
+GROUPED_FILES = {f"{__name__.partition('.')[0]}.fff.grouped": "fff_grouped"}
 # Parameters of the task heads: a checkpoint of one head loads into another (e.g. a bare encoder -> a classifier).
 HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.", "qa_outputs.")
 
@@ -53,17 +59,33 @@ HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.", "qa_outputs."
 class FFFBertConfig(BertConfig):
     """``BertConfig`` plus the FFF shape: ``fff_trees`` trees of depth ``fff_depth`` replace each layer's
     ``intermediate_size``-wide feedforward (``intermediate_size`` and ``hidden_act`` are kept as a record of the
-    BERT the model was converted from; the FFF neurons use GELU). ``fff_impl`` picks the FFF execution path."""
+    BERT the model was converted from; the FFF neurons use GELU). ``fff_impl`` picks the FFF execution path.
+    ``fff_layer="grouped"`` makes it a ``GroupedFFF`` instead: ``fff_depth`` routing levels over leaves of
+    ``fff_leaf_width`` neurons, a shared leaf of ``fff_shared_width``, the neurons using ``hidden_act``
+    (``fff_trees`` 1; ``fff_impl`` ``auto`` or ``reference``)."""
 
     model_type = FFFBERT_MODEL_TYPE
 
     fff_trees: int = 1
     fff_depth: int = 8
     fff_impl: str = "auto"
+    fff_layer: str = "tree"
+    fff_leaf_width: int = 0
+    fff_shared_width: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.auto_map = dict(FFFBERT_AUTO_MAP)
         super().__post_init__(**kwargs)
+        if self.fff_layer not in FFF_LAYERS:
+            raise ValueError(f"unknown fff_layer {self.fff_layer!r}; choose one of {FFF_LAYERS}")
+        if self.fff_layer == "grouped":
+            if self.fff_trees != 1 or not 0 <= self.fff_depth <= MAX_GROUPED_DEPTH:
+                raise ValueError(
+                    f"a grouped feedforward needs fff_trees 1 and 0 <= fff_depth <= {MAX_GROUPED_DEPTH}, got "
+                    f"{self.fff_trees}, {self.fff_depth}"
+                )
+            check_grouped_impl(self.fff_impl, name="fff_impl of a grouped feedforward")
+            return
         if self.fff_trees < 1 or not 0 <= self.fff_depth <= MAX_DEPTH:
             raise ValueError(
                 f"need fff_trees >= 1 and 0 <= fff_depth <= {MAX_DEPTH}, got {self.fff_trees}, {self.fff_depth}"
@@ -72,16 +94,30 @@ class FFFBertConfig(BertConfig):
 
     @property
     def name(self) -> str:
-        """E.g. ``FFF-BERT-4x5`` (trees x depth)."""
+        """E.g. ``FFF-BERT-4x5`` (trees x depth), ``FFF-BERT-grouped-2x384+0`` (depth x leaf width + shared)."""
+        if self.fff_layer == "grouped":
+            return f"FFF-BERT-grouped-{self.fff_depth}x{self.fff_leaf_width}+{self.fff_shared_width}"
         return f"FFF-BERT-{self.fff_trees}x{self.fff_depth}"
 
 
 class FFFBertFeedForward(nn.Module):
-    """Takes the place of ``BertIntermediate``: the FFF, whose output is already ``hidden_size`` wide."""
+    """Takes the place of ``BertIntermediate``: the FFF (or grouped FFF), whose output is already ``hidden_size``
+    wide."""
 
     def __init__(self, config: FFFBertConfig) -> None:
         super().__init__()
-        self.fff = FFF(config.hidden_size, config.fff_depth, config.fff_trees, impl=config.fff_impl)
+        if config.fff_layer == "grouped":
+            self.fff = GroupedFFF(
+                config.hidden_size,
+                config.fff_depth,
+                config.fff_leaf_width,
+                config.fff_shared_width,
+                activation=ACT2FN[config.hidden_act],
+                output_bias=False,
+                impl=config.fff_impl,
+            )
+        else:
+            self.fff = FFF(config.hidden_size, config.fff_depth, config.fff_trees, impl=config.fff_impl)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         return self.fff(hidden_states)
@@ -123,16 +159,17 @@ class FFFBertPreTrainedModel(BertPreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, FFF):
+        if isinstance(module, FFF | GroupedFFF):
             module.reset_parameters()
         elif isinstance(module, FFFBertOutput):
             module.bias.zero_()
 
     def set_fff_impl(self, impl: str) -> None:
         """Select the execution path of every FFF layer and record it in the config (a saved model keeps it)."""
-        self.config.fff_impl = check_impl(impl)
+        grouped = self.config.fff_layer == "grouped"
+        self.config.fff_impl = check_grouped_impl(impl) if grouped else check_impl(impl)
         for module in self.modules():
-            if isinstance(module, FFF):
+            if isinstance(module, FFF | GroupedFFF):
                 module.impl = impl
 
     @classmethod
@@ -158,7 +195,7 @@ class FFFBertPreTrainedModel(BertPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so the
         folder loads with ``trust_remote_code=True`` where this package is not installed."""
-        files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES}
+        files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES, **GROUPED_FILES}
         save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs, files)
 
 
