@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, pipeline
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticCache, pipeline
 
 from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.fff import FFF
@@ -82,13 +82,15 @@ def test_greedy_generate_equals_a_stepwise_forward_without_cache(feedforward: st
 
 
 @pytest.mark.parametrize("feedforward", FEEDFORWARDS)
-def test_logits_with_the_cache_equal_logits_without_it(feedforward: str) -> None:
-    """A prompt, then one token at a time, then several at once (the causal band over cached keys)."""
+@pytest.mark.parametrize("cache_class", [DynamicCache, StaticCache])
+def test_logits_with_the_cache_equal_logits_without_it(feedforward: str, cache_class: type) -> None:
+    """A prompt, then one token at a time, then several at once (the causal band over cached keys); a static cache
+    preallocates more keys than are written, which the band masks."""
     model = random_decoder(feedforward, seed=2)
     ids = random_ids(2, 15, seed=3)
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=model.config) if cache_class is DynamicCache else StaticCache(model.config, 21)
         pieces = [model(ids[:, a:b], past_key_values=cache).logits for a, b in ((0, 7), (7, 8), (8, 9), (9, 15))]
     assert cache.get_seq_length() == 15
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=TOLERANCE, rtol=0)
@@ -120,6 +122,10 @@ def test_a_left_padded_row_computes_what_the_unpadded_prompt_computes() -> None:
     torch.testing.assert_close(padded, alone, atol=TOLERANCE, rtol=0)
     generated = model.generate(ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False)
     assert torch.equal(generated[1, 5:], model.generate(short, max_new_tokens=6, do_sample=False)[0])
+    static = model.generate(
+        ids, attention_mask=attention_mask, max_new_tokens=6, do_sample=False, cache_implementation="static"
+    )
+    assert torch.equal(static, generated)  # generate hands a static cache a 4-D mask, used as it is
 
 
 def test_sampling_with_a_seed_is_reproducible_and_top_k_1_is_greedy() -> None:

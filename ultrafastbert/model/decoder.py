@@ -403,14 +403,17 @@ class UltraFastGPTModel(UltraFastGPTPreTrainedModel):
             use_cache = False  # a cache is for generation; checkpointed layers are recomputed without one
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
         self._check_input_ids(input_ids, past)
         batch, seq_len = input_ids.shape
+        # Keys the attention will see: the cached and new tokens, or a static cache's whole preallocated length
+        # (its unwritten tail lies past every query's band and is masked).
+        keys = past + seq_len if past_key_values is None else past_key_values.get_mask_sizes(seq_len, 0)[0]
         if position_ids is None:
             position_ids = torch.arange(past, past + seq_len, device=input_ids.device).unsqueeze(0)  # (1, S)
         else:
             self._check_position_ids(position_ids, input_ids.shape)
-        attention_mask, is_causal = self._attention_mask(attention_mask, batch, seq_len, past, input_ids.device)
+        attention_mask, is_causal = self._attention_mask(attention_mask, batch, seq_len, past, keys, input_ids.device)
         hidden_states = self.embeddings(input_ids, position_ids)  # (B, S, H)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         for layer in self.layers:
@@ -465,13 +468,23 @@ class UltraFastGPTModel(UltraFastGPTPreTrainedModel):
 
     @staticmethod
     def _attention_mask(
-        attention_mask: Tensor | None, batch: int, seq_len: int, past: int, device: torch.device
+        attention_mask: Tensor | None, batch: int, seq_len: int, past: int, keys: int, device: torch.device
     ) -> tuple[Tensor | None, bool]:
-        """The boolean ``(B, 1, S, T)`` mask for ``scaled_dot_product_attention`` (True: attend) and whether
-        ``is_causal`` serves instead. Without padding: no mask for one new token (it sees everything cached),
-        ``is_causal`` for a prompt without cache, the causal band otherwise. With padding: the band and the key
-        mask, and each token always sees itself, so that a padded row stays finite (its output is never read)."""
+        """The mask for ``scaled_dot_product_attention`` over ``keys`` keys and whether ``is_causal`` serves instead.
+
+        A 2-D ``attention_mask`` ``(B, past + S)`` (1: a token, 0: padding) becomes a boolean ``(B, 1, S, keys)``
+        mask (True: attend): the causal band and the key mask, and each token always sees itself, so that a padded
+        row stays finite (its output is never read). Without padding: no mask for one new token that sees every key
+        (it sees everything cached), ``is_causal`` for a prompt without cache, the band otherwise. A 4-D mask
+        (``generate`` makes one for a static cache) is used as it is."""
         total = past + seq_len
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if attention_mask.shape[-2:] != (seq_len, keys) or attention_mask.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"a 4-D attention_mask must have shape ({batch}, 1, {seq_len}, {keys}), "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            return attention_mask, False
         if attention_mask is not None:
             if attention_mask.shape != (batch, total):
                 raise ValueError(
@@ -485,16 +498,18 @@ class UltraFastGPTModel(UltraFastGPTPreTrainedModel):
                     raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (a token), found {found}")
                 if bool(attention_mask.all()):
                     attention_mask = None
-        if attention_mask is None:
+        if attention_mask is None and keys == total:
             if seq_len == 1:
                 return None, False
             if past == 0:
                 return None, True
         query_positions = torch.arange(past, total, device=device).unsqueeze(1)  # (S, 1)
-        key_positions = torch.arange(total, device=device).unsqueeze(0)  # (1, T)
-        mask = (key_positions <= query_positions)[None, None]  # (1, 1, S, T)
+        key_positions = torch.arange(keys, device=device).unsqueeze(0)  # (1, keys)
+        mask = (key_positions <= query_positions)[None, None]  # (1, 1, S, keys)
         if attention_mask is not None:
-            mask = (mask & attention_mask.bool()[:, None, None, :]) | (key_positions == query_positions)
+            padding = torch.ones(batch, keys, dtype=torch.bool, device=device)
+            padding[:, :total] = attention_mask.bool()
+            mask = (mask & padding[:, None, None, :]) | (key_positions == query_positions)
         return mask, False
 
 
