@@ -169,6 +169,13 @@ def test_pretrain_trains_a_decoder_preset_on_next_token_prediction(pretrained_de
     assert main(["generate", "--model", str(pretrained_decoder / "model"), "--max-new-tokens", "5", "the cat"]) == 0
     assert capsys.readouterr().out.startswith("the cat")
 
+    root = pretrained_decoder.parent
+    args = ["evaluate", "--model", str(pretrained_decoder / "model"), "--cache-dir", str(root / "cache")]
+    assert main([*args, "--max-sequences", "64"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("corpus: ") and "corpus.txt" in printed[0]  # the one it was pretrained on
+    assert printed[1].startswith("validation next-token loss ") and "perplexity" in printed[1]
+
 
 def test_an_unknown_preset_names_both_families(tmp_path):
     with pytest.raises(SystemExit) as refused:

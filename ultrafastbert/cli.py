@@ -391,10 +391,16 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
     _add_validation_text_flags(evaluate, "pretrained model folder (with tokenizer)", max_sequences=512)
 
     def run(args: argparse.Namespace) -> int:
-        from .train.jobs import mlm_validation
+        from .train.jobs import pretrained_validation
 
         corpus, seq_len, cache = _validation_text(args)
-        metrics = mlm_validation(args.model, corpus, seq_len, cache, args.max_sequences)
+        metrics = pretrained_validation(args.model, corpus, seq_len, cache, args.max_sequences)
+        if "val_perplexity" in metrics:  # a causal decoder
+            print(
+                f"validation next-token loss {metrics['val_loss']:.4f}, perplexity {metrics['val_perplexity']:.2f}, "
+                f"accuracy {metrics['val_accuracy']:.4f} over {metrics['val_predicted_tokens']} predicted tokens"
+            )
+            return 0
         print(
             f"validation MLM loss {metrics['val_loss']:.4f}, accuracy {metrics['val_accuracy']:.4f} "
             f"({metrics['val_accuracy_replaced']:.4f} on replaced tokens) over {metrics['val_masked_tokens']} "
@@ -547,7 +553,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "tokenizer. fffify.json in the folder records held-out R^2 per layer and sentence-embedding fidelity.",
         _add_fffify,
     ),
-    "evaluate": ("MLM validation loss/accuracy of a pretrained model", None, _add_evaluate),
+    "evaluate": (
+        "validation loss/accuracy of a pretrained model (MLM; next-token loss and perplexity for a decoder)",
+        None,
+        _add_evaluate,
+    ),
     "generate": (
         "continue a prompt with a pretrained causal decoder, printing tokens as they come",
         "Greedy by default; --do-sample samples (--temperature, --top-k, --top-p, --seed). The prompt starts a "

@@ -33,11 +33,24 @@ class GeneratedText:
     seconds: float
 
 
+def holds_causal_lm(model_dir: str | Path) -> bool:
+    """Whether the model folder ``model_dir`` was saved from a causal LM (by its ``config.json``'s architectures)."""
+    return _is_causal_lm(_folder_config(model_dir))
+
+
+def _folder_config(model_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def _is_causal_lm(config: dict[str, Any]) -> bool:
+    return any(name.endswith(CAUSAL_LM_SUFFIXES) for name in config.get("architectures") or [])
+
+
 def decoder_config(model_dir: str | Path) -> dict[str, Any]:
     """``config.json`` of the model folder ``model_dir``; ``ValueError`` unless it holds a causal decoder."""
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    architectures = config.get("architectures") or []
-    if not any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
+    config = _folder_config(model_dir)
+    if not _is_causal_lm(config):
+        architectures = config.get("architectures") or []
         held = ", ".join(architectures) or f"a {config.get('model_type', 'model')} without a language-model head"
         raise ValueError(
             f"{model_dir} holds {held}, not a causal decoder: generate continues text with a decoder, such as one "

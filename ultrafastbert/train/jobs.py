@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from ..cache import cache_root
 from ..data import (
@@ -65,7 +66,8 @@ from .finetune import (
     task_collator,
     write_results,
 )
-from .pretrain import CHECKPOINTS, METRICS, Pretrainer, mlm_metrics
+from .generation import holds_causal_lm
+from .pretrain import CHECKPOINTS, METRICS, Pretrainer, causal_lm_metrics, mlm_metrics
 from .run_folder import LOCK, RunFolderError, publish_folder, run_folder_lock, staging_folder
 
 logger = logging.getLogger(__name__)
@@ -473,6 +475,26 @@ def check_sequences(model_config: CrammedBertConfig, seq_len: int, max_sequences
             f"seq_len must lie in [1, {model_config.max_position_embeddings}] (the model's max_position_embeddings), "
             f"got {seq_len}"
         )
+
+
+def pretrained_validation(
+    model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512
+) -> dict[str, float]:
+    """``evaluate``: :func:`causal_validation` for a causal decoder's folder, :func:`mlm_validation` for a masked
+    LM's."""
+    validation = causal_validation if holds_causal_lm(model_dir) else mlm_validation
+    return validation(model_dir, corpus, seq_len, cache, max_sequences)
+
+
+def causal_validation(
+    model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512
+) -> dict[str, float]:
+    """Next-token loss, perplexity and accuracy of a saved causal decoder on a corpus's validation split."""
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    check_sequences(model.config, seq_len, max_sequences)
+    validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
+    return causal_lm_metrics(model, validation, 32, max_sequences=max_sequences)
 
 
 def mlm_validation(model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 512) -> dict:
