@@ -2,7 +2,7 @@
 
 ``python benchmarks/tree_balance.py OUT --steps 2000 --balance-rate 0.01`` (or ``--balance-loss 0.1``) pretrains
 the study's ``fff`` variant (``cpu-2core`` settings: hidden 128, 2 layers, depth 8, batch ramp to 64, peak lr
-3e-3) for a step budget, exactly as the study's pretraining stage does, with tree health logged every 100 steps
+3e-3) for a step budget, set up by the study's own ``variant_pretrainer``, with tree health logged every 100 steps
 in ``OUT/metrics.jsonl``, and writes ``OUT/summary.json``: the final validation MLM metrics and the tree health
 of every layer on the validation text as it is (the study's figure) and with the masks of masked-language-model
 training applied (the inputs the trees were trained and balanced on). The study itself runs the same pretraining for its
@@ -21,10 +21,9 @@ import torch
 
 from ultrafastbert.fff import check_balance_rate
 from ultrafastbert.model.health import model_tree_health
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.study.config import study_config
-from ultrafastbert.study.run import load_study_data, validation_batches
-from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer, mask_generators
+from ultrafastbert.study.run import load_study_data, validation_batches, variant_pretrainer
+from ultrafastbert.train.pretrain import mask_generators
 
 
 def main() -> None:
@@ -43,34 +42,12 @@ def main() -> None:
     except ValueError as error:
         raise SystemExit(f"tree_balance.py: {error}") from None
     torch.set_num_threads(args.threads)
-    config = study_config("cpu-2core")
+    config = study_config("cpu-2core", minutes_per_variant=None, steps_per_variant=args.steps)
     data = load_study_data(config)
-    torch.manual_seed(config.seed)
-    model_config = config.model_config("fff", len(data.tokenizer))
-    model_config.fff_balance_rate = args.balance_rate
-    model_config.fff_balance_loss = args.balance_loss
-    model = CrammedBertForMaskedLM(model_config)
-    settings = PretrainConfig(
-        micro_batch=config.micro_batch,
-        final_batch=config.final_batch,
-        max_steps=args.steps,
-        lr=config.lr,
-        seed=config.seed,
-        checkpoint_every_minutes=100.0,
-        eval_every_steps=config.eval_every_steps,
-        log_every_steps=50,
-        tree_health_every_steps=100,
-    )
+    balance = {"fff_balance_rate": args.balance_rate, "fff_balance_loss": args.balance_loss}
     out = Path(args.output)
-    trainer = Pretrainer(
-        model,
-        data.train,
-        data.masker,
-        settings,
-        out,
-        validation_sequences=data.validation,
-        run_config={"model": model_config.to_diff_dict()},
-    )
+    trainer = variant_pretrainer(config, "fff", data, out, balance, checkpoint_every_minutes=100.0, log_every_steps=50)
+    model = trainer.model
     started = time.time()
     final = trainer.run()
     health = model_tree_health(model, validation_batches(data, config.micro_batch))

@@ -174,6 +174,25 @@ def test_a_variant_whose_loss_explodes_stops_the_study_as_diverged(tmp_path, sma
     assert not (tmp_path / "study" / "dense" / "finetune").exists()  # nothing finetuned on a diverged model
 
 
+def test_variant_pretrainer_is_the_study_s_run_with_overrides(tmp_path, small_data):
+    """The pretraining run the study sets up for a variant, as ``benchmarks/tree_balance.py`` reuses it: the study's
+    recipe and budget, the variant's model, and any model or training field replaced."""
+    config = toy(tmp_path)
+    data = study_run.load_study_data(config, small_data)
+    plain = study_run.variant_pretrainer(config, "fff", data, tmp_path / "plain")
+    assert plain.run_config == {"study_variant": "fff", "model": plain.model.config.to_diff_dict()}
+    assert (plain.config.max_steps, plain.config.lr, plain.config.log_every_steps) == (3, config.lr, 1)
+    assert plain.model.config.fff_depth == 4 and plain.model.config.fff_balance_rate == 0.0
+    tuned = study_run.variant_pretrainer(
+        config, "fff", data, tmp_path / "tuned", {"fff_balance_rate": 0.01}, log_every_steps=50
+    )
+    assert tuned.model.config.fff_balance_rate == 0.01 and tuned.config.log_every_steps == 50
+    assert tuned.config.max_steps == 3 and tuned.run_config["model"]["fff_balance_rate"] == 0.01
+    # the same seed gives the same weights: the override changes the routing rule, not the initialisation
+    pairs = zip(plain.model.parameters(), tuned.model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_variant_rule():
     assert [tree_depth_for(width) for width in (1, 3, 512, 1024, 3072)] == [0, 1, 8, 9, 11]
     assert variant_fields("fff", 3072) == {"ffn_type": "fff", "fff_trees": 1, "fff_depth": 11}

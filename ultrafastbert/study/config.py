@@ -124,26 +124,53 @@ class StudyConfig:
             select="last",  # every variant scored as trained: no selection on the validation split
         )
 
-    def model_config(self, variant: str, vocab_size: int) -> CrammedBertConfig:
+    def model_config(self, variant: str, vocab_size: int, **overrides: Any) -> CrammedBertConfig:
+        """The model of ``variant`` at the study's sizes; ``overrides`` replace any of its fields."""
         from ..model.configuration import CrammedBertConfig  # here: the study's flags are read without transformers
 
-        return CrammedBertConfig.from_preset(
-            "tiny-crammed-bert",
+        sizes = {
             **variant_fields(variant, self.dense_width),
-            vocab_size=vocab_size,
-            max_position_embeddings=self.seq_len,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.layers,
-            num_attention_heads=self.heads,
-        )
+            "vocab_size": vocab_size,
+            "max_position_embeddings": self.seq_len,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+        }
+        return CrammedBertConfig.from_preset("tiny-crammed-bert", **{**sizes, **overrides})
+
+
+# The demo (``ultrafastbert demo``) is this study with the ``demo`` preset: the dense reference against the paper's
+# tree, each pretrained for a share of a budget of minutes for the whole job (the rest goes to data preparation,
+# finetuning and timing).
+DEMO_VARIANTS = ("dense", "fff")
+DEMO_PRETRAIN_SHARE = 0.55  # of the demo's budget, split between its variants
+DEMO_BUDGET_MINUTES = 10.0  # what ``make demo`` gives it
+
+
+def demo_minutes_per_variant(budget_minutes: float) -> float:
+    """Pretraining minutes of each demo variant within a demo budget of ``budget_minutes``."""
+    if not budget_minutes > 0:
+        raise ValueError(f"the demo's budget must be > 0 minutes, got {budget_minutes}")
+    return budget_minutes * DEMO_PRETRAIN_SHARE / len(DEMO_VARIANTS)
 
 
 # Presets by name: the defaults for this 2-core machine (equal wall-clock: the user's budget), the same at equal
 # steps (the model's capacity: every variant sees the same sequences; 2,000 steps is what the FFF got in 12 minutes
-# of the study of record), and a toy size for tests (seconds, learns nothing).
+# of the study of record), the demo, and a toy size for tests (seconds, learns nothing).
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-2core": {},
     "cpu-2core-steps": {"minutes_per_variant": None, "steps_per_variant": 2000},
+    # The demo's models see a few hundred steps, so validation every 100 steps draws their curves; its finetuning
+    # of briefly pretrained models uses a lower lr and half the training examples (chosen before any test score).
+    "demo": {
+        "output_dir": "results/demo",
+        "variants": DEMO_VARIANTS,
+        "minutes_per_variant": demo_minutes_per_variant(DEMO_BUDGET_MINUTES),
+        "eval_every_steps": 100,
+        "finetune_lr": 2e-4,
+        "max_train_examples": 2000,
+        "timing_tokens": (1, 128, 4096),
+    },
     "toy": {
         "hidden_size": 16,
         "layers": 1,

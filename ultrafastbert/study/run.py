@@ -134,35 +134,51 @@ def probe_step_seconds(config: StudyConfig, data: StudyData) -> float:
     return seconds[-1]
 
 
+def variant_pretrainer(
+    config: StudyConfig,
+    variant: str,
+    data: StudyData,
+    folder: Path,
+    model_overrides: dict[str, Any] | None = None,
+    **train_overrides: Any,
+) -> Pretrainer:
+    """The pretraining run of one variant as the study sets it up (weights seeded, the study's recipe and budget),
+    writing to ``folder``; not started nor resumed. ``model_overrides`` replace fields of the variant's model
+    config and ``train_overrides`` fields of its ``PretrainConfig`` (``benchmarks/tree_balance.py``: a remedy's
+    options, less frequent logging)."""
+    torch.manual_seed(config.seed)
+    model_config = config.model_config(variant, len(data.tokenizer), **(model_overrides or {}))
+    model = CrammedBertForMaskedLM(model_config)
+    recipe = {
+        "micro_batch": config.micro_batch,
+        "final_batch": config.final_batch,
+        "max_minutes": config.minutes_per_variant,
+        "max_steps": config.steps_per_variant,
+        "lr": config.lr,
+        "seed": config.seed,
+        "checkpoint_every_minutes": 2.0,
+        "eval_every_steps": config.eval_every_steps,
+        "log_every_steps": 1,
+    }
+    return Pretrainer(
+        model,
+        data.train,
+        data.masker,
+        PretrainConfig(**{**recipe, **train_overrides}),
+        folder,
+        validation_sequences=data.validation,
+        run_config={"study_variant": variant, "model": model_config.to_diff_dict()},
+    )
+
+
 def pretrain_variant(config: StudyConfig, variant: str, data: StudyData, out: Path) -> dict[str, Any]:
     """Pretrain one variant (continuing its run if one was started), save it, and summarise it."""
     folder = out / variant
     summary_file = folder / "pretrain.json"
     if summary_file.is_file():
         return read_json(summary_file)
-    torch.manual_seed(config.seed)
-    model_config = config.model_config(variant, len(data.tokenizer))
-    model = CrammedBertForMaskedLM(model_config)
-    train_config = PretrainConfig(
-        micro_batch=config.micro_batch,
-        final_batch=config.final_batch,
-        max_minutes=config.minutes_per_variant,
-        max_steps=config.steps_per_variant,
-        lr=config.lr,
-        seed=config.seed,
-        checkpoint_every_minutes=2.0,
-        eval_every_steps=config.eval_every_steps,
-        log_every_steps=1,
-    )
-    trainer = Pretrainer(
-        model,
-        data.train,
-        data.masker,
-        train_config,
-        folder / "pretrain",
-        validation_sequences=data.validation,
-        run_config={"study_variant": variant, "model": model_config.to_diff_dict()},
-    )
+    trainer = variant_pretrainer(config, variant, data, folder / "pretrain")
+    model, model_config = trainer.model, trainer.model.config
     resumed = trainer.resume()
     _log(f"pretraining {variant} ({model_config.name})" + (f", resumed at step {trainer.step}" if resumed else ""))
     load_before = os.getloadavg()[0]
@@ -345,4 +361,4 @@ def _run_study(config: StudyConfig, default_data: Any | None, command: str | Non
     return report
 
 
-__all__ = ["run_study"]
+__all__ = ["run_study", "variant_pretrainer"]
