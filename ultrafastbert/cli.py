@@ -419,7 +419,7 @@ def _add_demo(demo: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
-        run_demo(from_flags(DemoConfig, args))
+        run_demo(from_flags(DemoConfig, args), command=" ".join(["ultrafastbert", *sys.argv[1:]]))
         return 0
 
     demo.set_defaults(handler=run)
@@ -586,8 +586,10 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
     ),
     "demo": (
         "the main job: dense vs FFF model pretrained, finetuned and timed on the embedded real data",
-        "Pretrains a small crammedBERT and a small UltraFastBERT with the same recipe and time, finetunes both on "
-        "the local tasks (several seeds), times layers and models, and writes a report.",
+        "The quality study's demo preset (`ultrafastbert study --preset demo`): pretrains a small crammedBERT and a "
+        "small UltraFastBERT with the same recipe and time, finetunes both on the local tasks (several seeds), times "
+        "their feedforward layers, writes the study's report and prints a summary. Rerunning the same command "
+        "continues where it stopped.",
         _add_demo,
     ),
 }
