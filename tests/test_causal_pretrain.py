@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from ultrafastbert.data.causal import causal_rows, predicted_tokens
 from ultrafastbert.train.checkpointing import CheckpointError
@@ -17,7 +18,8 @@ from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer, causal_lm_m
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from pretrain_tiny import SEQ_LEN, VOCAB, mask_quarter, synthetic_sequences  # noqa: E402
-from test_pretrain import kill_after, max_difference  # noqa: E402
+from pretrain_tiny import tiny_decoder as tiny_causal_decoder  # noqa: E402
+from test_pretrain import final_weights, kill_after, max_difference, run_script  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -28,21 +30,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_decoder() -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def tiny_decoder(family: str = "ultrafastgpt") -> torch.nn.Module:
+    """A 2-layer UltraFastGPT with FFF 2x2 feedforwards (hidden 32), or transformers' GPT-2 of that size."""
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=VOCAB, n_positions=SEQ_LEN, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )  # fmt: skip
-    return GPT2LMHeadModel(config)
+    if family == "gpt2":  # any transformers causal LM taking labels trains the same way
+        config = GPT2Config(
+            vocab_size=VOCAB, n_positions=SEQ_LEN, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )  # fmt: skip
+        return GPT2LMHeadModel(config)
+    return tiny_causal_decoder()
 
 
-def causal_trainer(output: Path, steps: int = 6, lr: float = 3e-3, **settings: object) -> Pretrainer:
+def causal_trainer(
+    output: Path, steps: int = 6, lr: float = 3e-3, family: str = "ultrafastgpt", **settings: object
+) -> Pretrainer:
     defaults = {"micro_batch": 8, "final_batch": 16, "max_steps": steps, "lr": lr, "checkpoint_every_minutes": 60}
     return Pretrainer(
-        tiny_decoder(),
+        tiny_decoder(family),
         synthetic_sequences(96, seed=1),
         causal_rows,
         PretrainConfig(**(defaults | settings)),
@@ -66,8 +71,9 @@ def test_causal_batches_are_the_sequences_themselves():
     assert predicted_tokens(torch.stack(synthetic_sequences(3, seed=0))) == 3 * (SEQ_LEN - 1)
 
 
-def test_causal_pretraining_lowers_validation_loss_and_logs_perplexity(tmp_path):
-    run = causal_trainer(tmp_path, steps=40, lr=1e-2, eval_every_steps=20)
+@pytest.mark.parametrize("family", ["ultrafastgpt", "gpt2"])
+def test_causal_pretraining_lowers_validation_loss_and_logs_perplexity(tmp_path, family):
+    run = causal_trainer(tmp_path, steps=40, lr=1e-2, family=family, eval_every_steps=20)
     before = run.evaluate()
     final = run.run()
     assert final["step"] == 40 and not final["interrupted"]
@@ -78,6 +84,18 @@ def test_causal_pretraining_lowers_validation_loss_and_logs_perplexity(tmp_path)
     evaluated = [record for record in records if "val_perplexity" in record]
     assert [record["step"] for record in evaluated] == [20, 40]
     assert evaluated[0]["val_loss"] > evaluated[1]["val_loss"]
+
+
+def test_tree_visits_count_every_token(tmp_path):
+    """No token is masked, so the FFF routing statistics (tree health, balancing) count them all: each tree's root
+    is visited once per training token."""
+    run = causal_trainer(tmp_path, steps=3, tree_health_every_steps=1000)
+    run.run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    tokens = sum(record["batch_sequences"] for record in records if "batch_sequences" in record) * SEQ_LEN
+    assert len(run.tree_visits) == 2
+    for counts in run.tree_visits:  # one (trees, nodes) per layer; node 0 is each tree's root
+        assert counts[:, 0].tolist() == [tokens, tokens]
 
 
 def test_causal_metrics_equal_the_models_own_loss():
@@ -124,3 +142,16 @@ def test_an_unknown_objective_is_refused(tmp_path):
     with pytest.raises(ValueError, match="objective must be one of mlm, causal"):
         Pretrainer(tiny_decoder(), synthetic_sequences(8, seed=0), causal_rows, PretrainConfig(max_steps=1), tmp_path,
                    objective="next-token")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_twice_the_micro_batch(tmp_path):
+    one = run_script(str(tmp_path / "one"), "--causal", "--steps", "4", "--micro-batch", "4", "--final-batch", "8")
+    assert one.returncode == 0, one.stderr
+    args = ["--causal", "--steps", "4", "--micro-batch", "2", "--final-batch", "8"]
+    two = run_script(str(tmp_path / "two"), *args, torchrun=True)
+    assert two.returncode == 0, two.stderr
+    difference = max_difference(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
+    assert difference <= 1e-5, difference
+    initial = {name: value for name, value in tiny_causal_decoder().state_dict().items() if name != "lm_head.weight"}
+    assert max_difference(final_weights(tmp_path / "one"), initial) > 1e-3  # and it trained

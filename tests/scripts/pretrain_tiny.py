@@ -1,7 +1,8 @@
 """A tiny deterministic pretraining run on synthetic sequences, for the kill/resume and torchrun tests.
 
 Run as a script (``python pretrain_tiny.py OUT --steps N ...`` or under ``torchrun``); it writes checkpoints to
-``OUT/checkpoints`` and the final weights to ``OUT/final.safetensors``.
+``OUT/checkpoints`` and the final weights to ``OUT/final.safetensors``. ``--causal`` trains a tiny causal decoder
+on next-token prediction instead of the masked LM.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import argparse
 import torch
 from safetensors.torch import save_file
 
+from ultrafastbert.data.causal import causal_rows
 from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.model.decoder import UltraFastGPTConfig, UltraFastGPTForCausalLM
 from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.distributed import init_distributed, shutdown
 from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer
 
 VOCAB, SEQ_LEN, MASK_ID = 64, 16, 3
+TIED = ("decoder.weight", "lm_head.weight")  # the output layers, tied to the word embedding: not saved twice
 
 
 def synthetic_sequences(count: int, seed: int) -> list[torch.Tensor]:
@@ -54,6 +58,15 @@ def tiny_model(trees: int = 2, depth: int = 2) -> CrammedBertForMaskedLM:
     return CrammedBertForMaskedLM(config)
 
 
+def tiny_decoder() -> UltraFastGPTForCausalLM:
+    """A 2-layer UltraFastGPT with FFF 2x2 feedforwards (hidden 32) over the synthetic vocabulary."""
+    torch.manual_seed(0)
+    config = UltraFastGPTConfig.from_preset(
+        "tiny-gpt-fff-2x2", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, hidden_size=32, num_hidden_layers=2
+    )
+    return UltraFastGPTForCausalLM(config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("output")
@@ -61,6 +74,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--final-batch", type=int, default=8)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--causal", action="store_true", help="a causal decoder on next-token prediction")
     parser.add_argument("--checkpoint-every-minutes", type=float, default=0.0)
     parser.add_argument("--step-delay", type=float, default=0.0, help="sleep per step, to leave time for a kill")
     args = parser.parse_args()
@@ -75,14 +89,15 @@ def main() -> None:
         keep_checkpoints=100,
     )
     trainer = Pretrainer(
-        tiny_model(),
+        tiny_decoder() if args.causal else tiny_model(),
         synthetic_sequences(96, seed=1),
-        mask_quarter,
+        causal_rows if args.causal else mask_quarter,
         config,
         args.output,
         context,
         validation_sequences=synthetic_sequences(32, seed=2),
         run_config={"model": "tiny"},
+        objective="causal" if args.causal else "mlm",
     )
     if args.resume:
         trainer.resume()
@@ -99,7 +114,7 @@ def main() -> None:
     trainer.run()
     if context.is_main:
         save_file(
-            {k: v.contiguous() for k, v in trainer.model.state_dict().items() if k != "decoder.weight"},
+            {k: v.contiguous() for k, v in trainer.model.state_dict().items() if k not in TIED},
             f"{args.output}/final.safetensors",
         )
     shutdown(context)
