@@ -149,18 +149,21 @@ class DecodeBenchConfig:
     contexts: tuple[int, ...] = field(
         default=(128, 512, 1024), metadata={"check": positive, "help": "prompt lengths (tokens in the KV cache)"}
     )
-    new_tokens: int = field(default=16, metadata={"check": positive, "help": "tokens decoded one at a time, timed"})
+    new_tokens: int = field(default=8, metadata={"check": positive, "help": "tokens decoded one at a time, timed"})
     batches: tuple[int, ...] = field(default=(1, 8), metadata={"check": positive, "help": "sequences decoded at once"})
     dtypes: tuple[str, ...] = field(default=DTYPES, metadata={"choices": DTYPES, "help": "one pass per dtype"})
     threads: int | None = field(
         default=None, metadata={"type": thread_count, "help": "torch threads, or 'all' (default: torch's own)"}
     )
-    min_rounds: int = field(default=5, metadata={"check": positive, "help": "decoding: at least this many rounds"})
+    min_rounds: int = field(default=3, metadata={"check": positive, "help": "at least this many rounds"})
     max_rounds: int = field(default=30, metadata={"check": positive, "help": "decoding: at most this many rounds"})
     min_seconds: float = field(
         default=4.0, metadata={"help": "decoding: timed seconds per context, batch and dtype, at least"}
     )
     warmup: int = field(default=1, metadata={"help": "untimed calls of each candidate first"})
+    share_repeats: int = field(
+        default=1, metadata={"check": positive, "help": "decoding calls per model timed with hooks for the shares"}
+    )
     gpt3_layer: bool = field(
         default=True, metadata={"flag": "--no-gpt3-layer", "help": "leave out the GPT-3 feedforward layer"}
     )
@@ -174,7 +177,8 @@ class DecodeBenchConfig:
         default=4.0, metadata={"help": "GPT-3 layer: timed seconds per layer and dtype, at least"}
     )
     bandwidth_mib: int = field(
-        default=1024, metadata={"check": positive, "help": "memory-read probe: MiB summed (far above the caches)"}
+        default=128,
+        metadata={"check": positive, "help": "memory-read probe: MiB summed (several times the last-level cache)"},
     )
     seed: int = field(default=0, metadata={"help": "seeds weights and token ids"})
 

@@ -247,7 +247,7 @@ def measure_setting(
                 weight_bytes_per_step=weights,
                 bytes_per_token=weights // batch,
                 kv_cache_bytes_per_step=kv_cache_bytes(decoder.model, batch, context),
-                shares=measure_shares(decoder, steps, repeats=2),
+                shares=measure_shares(decoder, steps, config.share_repeats),
             )
         )
     return results
@@ -388,6 +388,7 @@ def format_report(report: dict) -> str:
             lines.append(f"| {r['dtype']} | {r['batch']} | {r['context']} | {r['model']} | {cells} |")
     layer = [r for r in records if r["model"] in ("gpt3-dense", "gpt3-fff")]
     bandwidth = [r for r in records if "bandwidth_gb_s" in r]
+    lines += _summary(decode, layer)
     if layer:
         lines += [
             "",
@@ -401,27 +402,76 @@ def format_report(report: dict) -> str:
             )
             + ".",
             "",
-            "| layer | dtype | tokens | median ms | min ms | weight MB read | floor ms (bytes / bandwidth) | "
+            "| layer | dtype | tokens | caches | median ms | min ms | weight MB read | floor ms (bytes / bandwidth) | "
             "time / floor | GB/s achieved |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in layer:
             lines.append(
-                f"| {r['model']} | {r['dtype']} | {r['tokens']} | {r['ms']:.4g} | {r['min_ms']:.4g} | "
+                f"| {r['model']} | {r['dtype']} | {r['tokens']} | {r['caches']} | {r['ms']:.4g} | {r['min_ms']:.4g} | "
                 f"{r['weight_bytes'] / 1e6:.3g} | {r['floor_ms']:.4g} | {r['time_over_floor']:.1f}x | "
                 f"{r['achieved_gb_s']:.1f} |"
             )
-        by_key = {(r["model"], r["dtype"], r["tokens"]): r for r in layer}
-        lines += ["", "FFF speed-up at each token count: over the dense layer as measured, and over the dense "
-                  "layer's floor (its weights read at the measured rate):", ""]  # fmt: skip
-        for (model, dtype, tokens), r in by_key.items():
-            dense = by_key.get(("gpt3-dense", dtype, tokens))
-            if model == "gpt3-fff" and dense:
-                lines.append(
-                    f"- {dtype}, {tokens} tokens: {dense['ms'] / r['ms']:.0f}x measured, "
-                    f"{dense['floor_ms'] / r['ms']:.0f}x against the dense floor"
-                )
+        lines += ["", "The FFF on new inputs against the dense layer: as measured (medians; fastest calls), and "
+                  "against the dense layer's floor (its weights read at the measured rate):", ""]  # fmt: skip
+        for r, dense in _gpt3_pairs(layer):
+            lines.append(
+                f"- {r['dtype']}, {r['tokens']} token{'s' * (r['tokens'] > 1)}, caches {r['caches']}: "
+                f"{dense['ms'] / r['ms']:.3g}x "
+                f"({dense['min_ms'] / r['min_ms']:.3g}x) measured, {dense['floor_ms'] / r['ms']:.3g}x against the "
+                "dense floor"
+            )
     return "\n".join(lines)
+
+
+def _gpt3_pairs(layer: list[dict]) -> list[tuple[dict, dict]]:
+    """(FFF on new inputs, caches flushed or not; dense) records of the same dtype and token count."""
+    dense = {(r["dtype"], r["tokens"]): r for r in layer if r["model"] == "gpt3-dense"}
+    return [
+        (r, dense[(r["dtype"], r["tokens"])])
+        for r in layer
+        if r["model"] == "gpt3-fff" and r["caches"] != "warm" and (r["dtype"], r["tokens"]) in dense
+    ]
+
+
+def _summary(decode: list[dict], layer: list[dict]) -> list[str]:
+    """Each context, batch and dtype in one row: tokens/s of every model, the FFF's share of the no-FF ceiling,
+    and the ceiling over dense as measured and by bytes read (weights and KV cache); the GPT-3 layer's speed-up
+    over the dense floor at one token."""
+    lines = []
+    rows = {}
+    for r in decode:
+        rows.setdefault((r["dtype"], r["batch"], r["context"]), {})[r["model"]] = r
+    if rows:
+        lines += [
+            "",
+            "## Summary",
+            "",
+            "| dtype | batch | context | dense tokens/s | FFF tokens/s | narrow tokens/s | no-FF tokens/s "
+            "| FFF / no-FF | no-FF / dense measured | no-FF / dense by bytes |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for (dtype, batch, context), models in rows.items():
+            rate = {name: f"{m['tokens_per_s']:.1f}" for name, m in models.items()}
+            no_ff, fff, dense = models.get("no-ff"), models.get("fff"), models.get("dense")
+            share = f"{fff['tokens_per_s'] / no_ff['tokens_per_s']:.0%}" if fff and no_ff else "-"
+            measured = by_bytes = "-"
+            if no_ff and dense:
+                measured = f"{no_ff['tokens_per_s'] / dense['tokens_per_s']:.2f}x"
+                read = {m: models[m]["weight_bytes_per_step"] + models[m]["kv_cache_bytes_per_step"] for m in
+                        ("no-ff", "dense")}  # fmt: skip
+                by_bytes = f"{read['dense'] / read['no-ff']:.2f}x"
+            cells = " | ".join(rate.get(name, "-") for name in ("dense", "fff", "narrow", "no-ff"))
+            lines.append(f"| {dtype} | {batch} | {context} | {cells} | {share} | {measured} | {by_bytes} |")
+    for r, dense in _gpt3_pairs(layer):
+        if r["tokens"] == 1:
+            lines.append(
+                f"\nGPT-3 layer, {r['dtype']}, 1 token, caches {r['caches']}: the FFF takes {r['ms']:.4g} ms; the "
+                f"dense layer's floor ({dense['weight_bytes'] / 1e9:.3g} GB at the measured rate: "
+                f"{dense['floor_ms']:.4g} ms) is {dense['floor_ms'] / r['ms']:.3g}x that, the dense layer as measured "
+                f"({dense['ms']:.4g} ms) {dense['ms'] / r['ms']:.3g}x."
+            )
+    return lines
 
 
 def _load(values: list[float] | tuple[float, ...]) -> str:

@@ -7,10 +7,13 @@ for the previous one's logit, so its floor is one dependent chain of row fetches
 
 Method (``benchmarks/README.md``): one layer is built at a time (the dense float32 layer holds 4.8 GB, the float32
 tree 6.4 GB) and freed before the next. Each layer's calls at every token count are timed together in interleaved
-rounds with the bandwidth probe (``torch.sum`` over a buffer far larger than the caches), so a busy machine slows
-both alike. The tree is called through its module on the inference hot path (``impl="kernel"``, the compiled C++
-kernel), every call on fresh random inputs with the caches flushed first (untimed), so no call finds the rows of
-the previous one in cache; it is checked against the masking reference on its first input before it is timed.
+rounds with the bandwidth probe (``torch.sum`` over a buffer several times the last-level cache), so a busy machine
+slows both alike. The probe's fastest round is the read rate: on a shared machine a long read is preempted, and
+its median measures the other processes, not the memory. The tree is called through its module on the inference
+hot path (``impl="kernel"``, the compiled C++ kernel), checked against the masking reference before it is timed,
+in three cache states (``CACHE_STATES``): on a new random input every call (its deep rows not in cache), the same
+with every cache flushed first, and on one input again and again (its rows in cache), which separates the time its
+memory reads take from the rest.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ class Gpt3Shape:
 
 @dataclass
 class Gpt3LayerMeasurement:
-    """One layer at one token count and dtype; ``floor_ms``: its weight bytes over the best bandwidth measured."""
+    """One layer at one token count and dtype; ``floor_ms``: its weight bytes over the best bandwidth measured
+    (for warm caches a bound it need not respect: its rows come from cache)."""
 
     model: str  # "gpt3-dense" or "gpt3-fff"
     tokens: int
     dtype: str
+    caches: str  # how the caches stood: CACHE_STATES
     ms: float  # median
     min_ms: float
     repeats: int
@@ -141,10 +146,12 @@ def check_fff(layer: FFF, x: Tensor) -> int:
 
 def distinct_row_bytes(layer: FFF, inputs: list[Tensor]) -> int:
     """Mean over ``inputs`` of the weight bytes one call reads: per distinct visited node one row of ``linear_in``,
-    its bias and one row of the transposed ``linear_out``."""
+    its bias and one row of the transposed ``linear_out``. The paths are the kernel's own (checked against the
+    reference's before timing), which reads only those rows; the reference would read the whole layer per input."""
     itemsize = layer.linear_in.weight.element_size()
     row = (2 * layer.width + 1) * itemsize
-    counts = [int(layer.visited_nodes(x).unique().numel()) for x in inputs]
+    with torch.inference_mode():
+        counts = [int(layer(x, return_path=True)[1].unique().numel()) for x in inputs]
     return round(sum(counts) / len(counts) * row)
 
 
@@ -163,6 +170,13 @@ class _Cycle:
         self.current = next(self._inputs)
 
 
+# How the caches stand when a layer call starts. "fresh": a new input (another path through the tree); the rows the
+# inputs of the pool share (the tree's top levels) may be in cache, as in decoding. "flushed": a new input and
+# every cache flushed first (the whole process's, code and Python objects included: a pessimistic bound). "warm":
+# the same input again, its rows in cache (an optimistic bound: what is left when memory costs nothing).
+CACHE_STATES = ("fresh", "flushed", "warm")
+
+
 def time_layer(
     name: str,
     layer: nn.Module,
@@ -171,29 +185,34 @@ def time_layer(
     probe: Tensor,
     flush: Tensor,
     rounds: Rounds,
+    states: tuple[str, ...] = ("fresh",),
     pool: int = INPUT_POOL,
-) -> tuple[dict[int, Timing], Timing, dict[int, list[Tensor]]]:
-    """Time ``layer`` at every token count and the bandwidth probe (``probe.sum()``) together in interleaved
-    rounds; before every layer call (untimed) the next fresh input is taken and the caches are flushed (by reading
-    ``flush``). Returns the layer's timings per token count, the probe's, and the inputs."""
+) -> tuple[dict[tuple[int, str], Timing], Timing, dict[int, list[Tensor]]]:
+    """Time ``layer`` at every token count in every cache state of ``states`` (``CACHE_STATES``) and the bandwidth
+    probe (``probe.sum()``) together in interleaved rounds; the next input is taken and the caches flushed (by
+    reading ``flush``) before a call, untimed. Returns the layer's timings per (token count, state), the probe's,
+    and the inputs."""
     inputs = {count: [torch.randn(count, layer_width(layer), dtype=dtype) for _ in range(pool)] for count in tokens}
-    cycles = {count: _Cycle(inputs[count]) for count in tokens}
+    cycles = {(count, state): _Cycle(inputs[count]) for count in tokens for state in states}
 
-    def prepare(cycle: _Cycle) -> None:
-        cycle.advance()
-        flush.sum()
+    def prepare(cycle: _Cycle, state: str) -> None:
+        if state != "warm":
+            cycle.advance()
+        if state == "flushed":
+            flush.sum()
 
     def call(cycle: _Cycle) -> Tensor:
         return layer(cycle.current)
 
     calls = [
-        TimedCall(f"{name} {count}", functools.partial(call, cycle), functools.partial(prepare, cycle))
-        for count, cycle in cycles.items()
+        TimedCall(f"{name} {count} {state}", functools.partial(call, cycle), functools.partial(prepare, cycle, state))
+        for (count, state), cycle in cycles.items()
     ]
     calls.append(TimedCall("bandwidth probe", probe.sum))
     with torch.inference_mode():
         timings = time_interleaved(calls, rounds)
-    return {count: timings[f"{name} {count}"] for count in tokens}, timings["bandwidth probe"], inputs
+    layer_timings = {(count, state): timings[f"{name} {count} {state}"] for count, state in cycles}
+    return layer_timings, timings["bandwidth probe"], inputs
 
 
 def layer_width(layer: nn.Module) -> int:
@@ -226,16 +245,18 @@ def run_gpt3_layer(
             if isinstance(layer, FFF):
                 with torch.inference_mode():
                     routed[dtype_name] = check_fff(layer, torch.randn(max(tokens), shape.width, dtype=dtype))
-            timings, probe_timing, inputs = time_layer(model, layer, tokens, dtype, probe, flush, rounds)
-            for count, timing in timings.items():
+            states = CACHE_STATES if isinstance(layer, FFF) else ("fresh",)  # the dense layer outgrows any cache
+            timings, probe_timing, inputs = time_layer(model, layer, tokens, dtype, probe, flush, rounds, states)
+            for (count, caches), timing in timings.items():
                 weight_bytes = (
                     distinct_row_bytes(layer, inputs[count]) if isinstance(layer, FFF) else _parameter_bytes(layer)
                 )
                 measurements.append(
-                    Gpt3LayerMeasurement(model, count, dtype_name, timing.median_s * 1e3, timing.min_s * 1e3,
+                    Gpt3LayerMeasurement(model, count, dtype_name, caches, timing.median_s * 1e3, timing.min_s * 1e3,
                                          timing.repeats, timing.threads, weight_bytes)
                 )  # fmt: skip
-                log(f"  {model:<10} {dtype_name:<8} {count:>3} tokens {timing.median_s * 1e3:10.4f} ms", flush=True)
+                log(f"  {model:<10} {dtype_name:<8} {count:>3} tokens, {caches:<7} {timing.median_s * 1e3:10.4f} ms",
+                    flush=True)  # fmt: skip
             bandwidths.append(
                 BandwidthMeasurement(f"{model} {dtype_name}", probe.numel() * probe.element_size(),
                                      probe.numel() * 4 / probe_timing.min_s / 1e9,
