@@ -75,6 +75,18 @@ def test_decode_loop_is_greedy_generation_with_the_cache():
                 again = decoder.decode(3)
                 expected = model.generate(prompt[:, :context], max_new_tokens=3, do_sample=False, min_new_tokens=3)
             assert torch.equal(first, expected[:, context:]) and torch.equal(again, first)
+        # a batch decodes from the one prefilled sequence's cache, each row from its own token at the context
+        rows = prompt[:1].repeat(3, 1)
+        rows[1:, 11] = torch.tensor([5, 6])
+        single = _Decoder(model, prompt[:1])
+        single.prefill()
+        batched = single.batched(3, rows)
+        batched.context = 12
+        with torch.inference_mode():
+            batched.reset()
+            got = batched.decode(3)
+            expected = model.generate(rows[:, :12], max_new_tokens=3, do_sample=False, min_new_tokens=3)
+        assert torch.equal(got, expected[:, 12:])
 
 
 def test_weight_bytes_per_step_count_the_feedforward_each_model_reads():

@@ -2,14 +2,17 @@
 narrow dense and no feedforward, side by side in one process; and the paper's GPT-3 feedforward layer
 (``gpt3.py``) beside the machine's measured memory-read rate. ``ultrafastbert bench decode``.
 
-Method (``benchmarks/README.md``): random weights (the models' own initialisation) and random prompts. For each
-dtype and batch size every model reads the longest prompt once (the prefill, untimed, logits of the last position
-only); a prompt of ``C`` tokens is then its cache cropped to ``C - 1`` tokens (causal attention: the same keys and
-values as a ``C - 1``-token prompt's), and a timed call feeds the prompt's last token and then each step's greedy
-argmax, ``new_tokens`` forward steps with the cache under ``torch.inference_mode``, every step producing one new
-token per sequence. All models of one context, batch and dtype are timed together in interleaved rounds
-(``timing.time_interleaved``), the cache cropped back (untimed) before each call. The FFF model's default path is
-checked against its masking reference on the prompt before it is timed.
+Method (``benchmarks/README.md``): random weights (the models' own initialisation) and a random prompt. For each
+dtype every model reads the longest prompt but its last token once (the prefill, untimed, logits of the last
+position only); a prompt of ``C`` tokens is then its cache cropped to ``C - 1`` tokens (causal attention: the same
+keys and values as a ``C - 1``-token prompt's), and a timed call feeds the prompt's token ``C`` and then each
+step's greedy argmax, ``new_tokens`` forward steps with the cache under ``torch.inference_mode``, every step
+producing one new token per sequence. A batch of ``B`` sequences decodes from the same cache repeated ``B`` times
+(prefilling ``B`` prompts would cost ``B`` times as long and time the same attention), each sequence fed its own
+random token ``C``, so that from the first step on the sequences differ and an FFF's tokens take their own paths.
+All models of one context, batch and dtype are timed together in interleaved rounds (``timing.time_interleaved``),
+the cache cropped back (untimed) before each call. The FFF model's default path is checked against its masking
+reference on a random prompt before it is timed.
 
 Where the time goes comes from a second pass with forward hooks: embeddings, the attention projections,
 attention over the cache (scaled dot-product attention and the cache update: the attention module's time less its
@@ -148,6 +151,17 @@ class _Decoder:
             with torch.inference_mode():
                 self.model(self.prompt[:, :-1], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
 
+    def batched(self, batch: int, prompt: Tensor) -> _Decoder:
+        """A decoder of ``batch`` sequences whose cache is this one's (one sequence, prefilled) repeated, with
+        ``prompt`` ``(batch, longest context)``: the prefill's prompt in every row but the tokens fed at the
+        contexts' last positions, which differ between rows so that each sequence decodes its own tokens."""
+        cache = DynamicCache(config=self.model.config)
+        if self.cache.get_seq_length() > 0:
+            with torch.inference_mode():
+                for index, layer in enumerate(self.cache.layers):
+                    cache.update(layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1), index)
+        return _Decoder(self.model, prompt, cache)
+
     def reset(self) -> None:
         """Crop the cache back to ``context - 1`` prompt tokens (what the previous call added goes)."""
         surplus = self.cache.get_seq_length() - (self.context - 1)
@@ -263,21 +277,30 @@ def run_decoding(config: DecodeBenchConfig, log=print) -> tuple[list[DecodeMeasu
         dtype = getattr(torch, dtype_name)
         for model in models.values():
             model.to(dtype)
-        for batch in config.batches:
-            generator = torch.Generator().manual_seed(config.seed + batch)
-            prompt = torch.randint(0, vocab, (batch, max(config.contexts)), generator=generator)
-            if "fff" in models:
-                shortest = prompt[:, : min(config.contexts)]
-                checks[f"{dtype_name}, batch {batch}"] = check_fff_model(models["fff"], shortest)
-            decoders = {name: _Decoder(model, prompt) for name, model in models.items()}
-            log(f"  prefill {max(config.contexts)} tokens, batch {batch}, {dtype_name}", flush=True)
-            for decoder in decoders.values():
-                decoder.prefill()
+        generator = torch.Generator().manual_seed(config.seed)
+        if "fff" in models:
+            sample = torch.randint(0, vocab, (2, min(config.contexts)), generator=generator)
+            checks[dtype_name] = check_fff_model(models["fff"], sample)
+        prompt = torch.randint(0, vocab, (1, max(config.contexts)), generator=generator)
+        log(f"  prefill {max(config.contexts) - 1} tokens, {dtype_name}", flush=True)
+        single = {name: _Decoder(model, prompt) for name, model in models.items()}
+        for decoder in single.values():
+            decoder.prefill()
+        by_batch = {}
+        for batch in config.batches:  # every batch's cache copied before any call crops the prefilled one
+            if batch == 1:
+                by_batch[batch] = single
+                continue
+            rows = prompt.repeat(batch, 1)
+            last = [context - 1 for context in config.contexts]
+            rows[1:, last] = torch.randint(0, vocab, (batch - 1, len(last)), generator=generator)
+            by_batch[batch] = {name: decoder.batched(batch, rows) for name, decoder in single.items()}
+        for decoders in by_batch.values():
             for context in sorted(config.contexts, reverse=True):
                 for measurement in measure_setting(decoders, context, config, dtype_name):
                     results.append(measurement)
                     log(_progress_line(measurement), flush=True)
-            del decoders
+        del single, by_batch
     return results, checks
 
 
