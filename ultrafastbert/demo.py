@@ -35,6 +35,10 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _milliseconds(value: float) -> str:
+    return "-" if value == 0 else f"{value:.0f}" if value >= 100 else f"{value:.3g}"  # 0: no feedforward to time
+
+
 def summary(report: dict[str, Any]) -> str:
     """The report's headline figures as one markdown table, a column per variant: pretraining, the median score
     on each task against its majority class, retention against the dense reference, and the feedforward layer's
@@ -60,8 +64,7 @@ def summary(report: dict[str, Any]) -> str:
     for task, split in report["score_splits"].items():
         lines.append(
             row(
-                f"{task} ({split} {report['metrics'][task]}, median of {len(settings['finetune_seeds'])} seeds; "
-                f"majority class {_percent(report['majority'][task])})",
+                f"{task} ({split} {report['metrics'][task]}; majority class {_percent(report['majority'][task])})",
                 [_percent(report["scores"][variant][task]["median"]) for variant in variants],
             )
         )
@@ -71,7 +74,7 @@ def summary(report: dict[str, Any]) -> str:
     speed = []
     for variant in variants:
         ms = [timing["ms"][size][variant][tokens] for size in ("study", "paper")]
-        cell = " / ".join("-" if value == 0 else f"{value:.3g}" for value in ms) + " ms"
+        cell = " / ".join(_milliseconds(value) for value in ms) + " ms"
         if variant != "dense" and all(ms):
             cell += ": " + " / ".join(f"{d / value:.1f}x" for d, value in zip(dense_ms, ms, strict=True))
         speed.append(cell)
@@ -79,7 +82,7 @@ def summary(report: dict[str, Any]) -> str:
     baseline = report["copy_unigram_baseline"]
     lines += [
         "",
-        f"A context-free guess (copy the input, else the most frequent token) gets {_percent(baseline['accuracy'])} "
-        "of the masked tokens.",
+        f"Task scores: medians over {len(settings['finetune_seeds'])} finetuning seed(s). A context-free guess (copy "
+        f"the input, else the most frequent token) gets {_percent(baseline['accuracy'])} of the masked tokens.",
     ]
     return "\n".join(lines)

@@ -148,10 +148,11 @@ DEMO_BUDGET_MINUTES = 10.0  # what ``make demo`` gives it
 
 
 def demo_minutes_per_variant(budget_minutes: float) -> float:
-    """Pretraining minutes of each demo variant within a demo budget of ``budget_minutes``."""
+    """Pretraining minutes of each demo variant within a demo budget of ``budget_minutes``, rounded to a
+    millionth of a minute so that the recorded settings read plainly."""
     if not budget_minutes > 0:
         raise ValueError(f"the demo's budget must be > 0 minutes, got {budget_minutes}")
-    return budget_minutes * DEMO_PRETRAIN_SHARE / len(DEMO_VARIANTS)
+    return round(budget_minutes * DEMO_PRETRAIN_SHARE / len(DEMO_VARIANTS), 6)
 
 
 # Presets by name: the defaults for this 2-core machine (equal wall-clock: the user's budget), the same at equal
