@@ -235,9 +235,11 @@ def test_a_visit_selection_of_the_wrong_size_is_refused():
         layer(random_input((5, 8), seed=2))
 
 
-def test_pretraining_counts_visits_at_the_uncorrupted_positions_only(tmp_path):
+@pytest.mark.parametrize("positions", ["unmasked", "all"])
+def test_pretraining_counts_visits_at_the_chosen_positions(tmp_path, positions):
     """The pretraining step counts routing visits (for balance and tree health) at the positions the masking left
-    unchanged (label -100): a step's root count equals the number of such tokens."""
+    unchanged (label -100) by default, at every position with ``balance_positions="all"``: a step's root count
+    equals the number of such tokens."""
     sys.path.insert(0, str(Path(__file__).parent / "scripts"))
     from pretrain_tiny import SEQ_LEN, VOCAB, mask_quarter, synthetic_sequences
 
@@ -246,7 +248,9 @@ def test_pretraining_counts_visits_at_the_uncorrupted_positions_only(tmp_path):
         num_attention_heads=2, fff_balance_rate=0.05,
     )  # fmt: skip
     model = CrammedBertForMaskedLM(config)
-    settings = PretrainConfig(micro_batch=4, final_batch=4, max_steps=1, lr=1e-3, tree_health_every_steps=0)
+    settings = PretrainConfig(
+        micro_batch=4, final_batch=4, max_steps=1, lr=1e-3, tree_health_every_steps=0, balance_positions=positions
+    )
     unmasked = []
 
     def masker(ids, generators):
@@ -260,7 +264,7 @@ def test_pretraining_counts_visits_at_the_uncorrupted_positions_only(tmp_path):
     trainer.train_step(0.0)
     (layer, counts), = seen
     assert len(unmasked) == 1 and 0 < unmasked[0] < 4 * SEQ_LEN
-    assert counts[0, 0].item() == unmasked[0]
+    assert counts[0, 0].item() == (unmasked[0] if positions == "unmasked" else 4 * SEQ_LEN)
 
 
 @pytest.mark.parametrize("rate", [-0.1, float("nan"), float("inf"), True, "0.1"])

@@ -57,6 +57,15 @@ class PretrainConfig:
             "resume_may_change": True,
         },
     )
+    balance_positions: str = field(
+        default="unmasked",
+        metadata={
+            "help": "the positions whose routing visits balance FFF trees (and feed tree health) in masked-LM "
+            "pretraining: 'unmasked' (left as they were by the masking: balanced on text as inference reads it) "
+            "or 'all' (the [MASK] positions too)",
+            "choices": ("unmasked", "all"),
+        },
+    )
     keep_checkpoints: int = field(
         default=2, metadata={"help": "newest checkpoints kept on disk (at least 1)", "resume_may_change": True}
     )

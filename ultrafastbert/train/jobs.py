@@ -272,6 +272,8 @@ def _pretrain(job: PretrainJob, context: DistributedContext) -> dict[str, Any]:
         "corpus": corpus.content_hash,
         "train": asdict(job.train),
     }
+    if job.train.balance_positions == "unmasked":  # the default: absent, as in checkpoints from before the choice
+        del run_config["train"]["balance_positions"]
     trainer = Pretrainer(
         model,
         train_data,
@@ -436,10 +438,11 @@ def _label_record(tasks: list[TaskData]) -> dict[str, Any]:
 def tree_health_report(
     model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 256, batch_size: int = 32
 ) -> str:
-    """A table of the tree health (``model.health``) of every FFF layer of the model in ``model_dir``, routed on
-    up to ``max_sequences`` sequences of ``corpus``'s validation split."""
+    """A table of the tree health (``model.health``) of every FFF layer of the model in ``model_dir`` (an encoder
+    or a causal decoder), routed on up to ``max_sequences`` sequences of ``corpus``'s validation split."""
     tokenizer = load_tokenizer(model_dir)
-    model = model_class_for(model_dir).from_pretrained(model_dir)
+    model_class = AutoModelForCausalLM if holds_causal_lm(model_dir) else model_class_for(model_dir)
+    model = model_class.from_pretrained(model_dir)
     check_sequences(model.config, seq_len, max_sequences)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
     count = min(max_sequences, len(validation))

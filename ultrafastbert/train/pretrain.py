@@ -365,7 +365,8 @@ class Pretrainer:
             sync = contextlib.nullcontext() if last or not self.context.enabled else self.ddp_model.no_sync()
             # routing visits (balance, tree health) count the positions the masking left as they were (causal
             # batches: every token)
-            with sync, count_visits_at(self.model, labels == -100 if self.objective == "mlm" else None):
+            unmasked = self.objective == "mlm" and self.config.balance_positions == "unmasked"
+            with sync, count_visits_at(self.model, labels == -100 if unmasked else None):
                 with torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                     loss = self.ddp_model(input_ids=inputs, labels=labels, **self._forward_options()).loss
                     summed = loss.float() * count if count > 0 else loss.float() * 0.0
