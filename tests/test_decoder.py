@@ -193,17 +193,19 @@ def routing_margin(model: UltraFastGPTForCausalLM, ids: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("impl", ["auto", "walk", "sparse"])
-def test_the_fff_decoder_logits_match_the_reference_path(impl: str) -> None:
-    model = random_decoder("fff", seed=8, fff_trees=3, fff_depth=4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_the_fff_decoder_logits_match_the_reference_path(impl: str, dtype: torch.dtype) -> None:
+    model = random_decoder("fff", seed=8, fff_trees=3, fff_depth=4).to(dtype)
     ids = random_ids(2, 11, seed=9)
     assert routing_margin(model, ids) > 1e-5, "the data has a near-tie; pick another seed"
     model.set_fff_impl("reference")
     with torch.no_grad():
-        reference = model(ids).logits
+        reference = model(ids).logits.float()
     model.set_fff_impl(impl)
     assert model.config.fff_impl == impl and all(m.impl == impl for m in model.modules() if isinstance(m, FFF))
+    tolerance = TOLERANCE if dtype == torch.float32 else 2e-2 * float(reference.abs().max())  # bfloat16: 8 bits
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, reference, atol=TOLERANCE, rtol=0)
+        torch.testing.assert_close(model(ids).logits.float(), reference, atol=tolerance, rtol=0)
 
 
 def test_the_loss_is_the_shifted_cross_entropy_and_trains_every_feedforward() -> None:
@@ -337,6 +339,7 @@ def test_a_saved_folder_loads_and_generates_without_the_package(tmp_path: Path, 
             "ask for at most 2 new tokens",
         ),
         (lambda m: m.generate(torch.ones(1, CONTEXT + 3, dtype=torch.long), max_new_tokens=1), "the prompt has"),
+        (lambda m: m.generate(torch.ones(1, 0, dtype=torch.long), max_new_tokens=3), "input_ids is empty"),
         (lambda m: m.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=0), "max_new_tokens"),
         (lambda m: m.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=-2), "max_new_tokens"),
     ],

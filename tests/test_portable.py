@@ -26,7 +26,7 @@ from ultrafastbert import (
 from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.model import convert_checkpoint
 from ultrafastbert.model.configuration import AUTO_MAP, MODELING_FILE
-from ultrafastbert.model.portable import FOLDER_FILES, KERNEL_STAND_IN, PACKAGE_ROOT, model_code
+from ultrafastbert.model.portable import BASE_MODULE, KERNEL_STAND_IN, PACKAGE_ROOT, folder_files, model_code
 from ultrafastbert.model.tokenizer import load_tokenizer
 
 TEXTS = [
@@ -185,7 +185,7 @@ def test_the_folder_code_is_complete_and_needs_only_transformers_and_torch(saved
     written, and none imports this package outside a ``try`` (which ``check_imports`` skips)."""
     folder, _ = saved["mlm_fff"]
     written = {path.name for path in folder.glob("*.py")}
-    assert written == {f"{name}.py" for name in [*FOLDER_FILES.values(), KERNEL_STAND_IN]}
+    assert written == {f"{name}.py" for name in [*folder_files(CrammedBertForMaskedLM).values(), KERNEL_STAND_IN]}
     gathered = {Path(path).name for path in get_relative_import_files(folder / f"{MODELING_FILE}.py")}
     assert gathered | {f"{MODELING_FILE}.py"} == written
     for name in written:
@@ -208,15 +208,17 @@ def statements_besides_relative_imports(source: str, leave_out: tuple[str, str] 
 def test_the_folder_files_are_the_package_sources() -> None:
     """One owner per fact: the folder's files are the package's modules, apart from their relative imports and
     the package-only ``save_pretrained``; a module without relative imports is copied as it is."""
-    code = model_code()
+    files = folder_files(CrammedBertForMaskedLM)
+    code = model_code(files)
     assert code["fff_reference"].split("\n", 1)[1] == (PACKAGE_ROOT / "fff" / "reference.py").read_text()
-    for module, file in FOLDER_FILES.items():
+    for module, file in files.items():
         source = PACKAGE_ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py").read_text()
-        leave_out = ("CrammedBertPreTrainedModel", "save_pretrained") if file == MODELING_FILE else None
+        leave_out = ("FFFPreTrainedMixin", "save_pretrained") if module == BASE_MODULE else None
         assert statements_besides_relative_imports(code[file]) == statements_besides_relative_imports(
             source, leave_out
         ), file
-    assert "def save_pretrained" not in code[MODELING_FILE] and "portable" not in code[MODELING_FILE]
+    base = code[files[BASE_MODULE]]
+    assert "def save_pretrained" not in base and "save_pretrained_with_code" not in base
 
 
 def test_the_package_keeps_serving_its_folders_without_remote_code(saved) -> None:

@@ -11,61 +11,29 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .lazy import lazy_exports
 
-if TYPE_CHECKING:
-    from .fff import FFF
-    from .model import (
-        CheckpointError,
-        CrammedBertConfig,
-        CrammedBertForMaskedLM,
-        CrammedBertForQuestionAnswering,
-        CrammedBertForSequenceClassification,
-        CrammedBertForTokenClassification,
-        CrammedBertModel,
-        CrammedBertTokenizer,
-        UltraFastGPTConfig,
-        UltraFastGPTForCausalLM,
-        convert_checkpoint,
-    )
-
-__all__ = [
-    "FFF",
-    "CheckpointError",
-    "CrammedBertConfig",
-    "CrammedBertForMaskedLM",
-    "CrammedBertForQuestionAnswering",
-    "CrammedBertForSequenceClassification",
-    "CrammedBertForTokenClassification",
-    "CrammedBertModel",
-    "CrammedBertTokenizer",
-    "UltraFastGPTConfig",
-    "UltraFastGPTForCausalLM",
-    "__version__",
-    "convert_checkpoint",
-]
-
-_public_name, __dir__ = lazy_exports(
-    __name__,
-    {
-        ".fff": ("FFF",),
-        ".model": (
-            "CheckpointError",
-            "CrammedBertConfig",
-            "CrammedBertForMaskedLM",
-            "CrammedBertForQuestionAnswering",
-            "CrammedBertForSequenceClassification",
-            "CrammedBertForTokenClassification",
-            "CrammedBertModel",
-            "CrammedBertTokenizer",
-            "UltraFastGPTConfig",
-            "UltraFastGPTForCausalLM",
-            "convert_checkpoint",
-        ),
-    },
-)
+# The public names, by the module that defines them: the one list, imported on first use (``lazy.py``).
+_EXPORTS = {
+    ".fff": ("FFF",),
+    ".model": (
+        "CheckpointError",
+        "CrammedBertConfig",
+        "CrammedBertForMaskedLM",
+        "CrammedBertForQuestionAnswering",
+        "CrammedBertForSequenceClassification",
+        "CrammedBertForTokenClassification",
+        "CrammedBertModel",
+        "CrammedBertTokenizer",
+        "UltraFastGPTConfig",
+        "UltraFastGPTForCausalLM",
+        "convert_checkpoint",
+    ),
+}
+__all__ = [*(name for names in _EXPORTS.values() for name in names), "__version__"]
+_public_name, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

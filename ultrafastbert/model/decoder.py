@@ -15,14 +15,12 @@ vocabulary, ``d`` head size.
 No ``from __future__ import annotations`` here: ``@strict`` checks each config field against its annotation.
 """
 
-import os
 import re
 from typing import Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -31,8 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ..fff import FFF, check_balance_rate, check_impl, neurons_per_token
 from ..fff.layer import MAX_DEPTH
-from .loading import CheckpointError, check_finite_weights, check_loading_info
-from .portable import FFF_FILES, LOADING_MODULE, save_pretrained_with_code
+from .base import FFFPreTrainedMixin
 
 DECODER_MODEL_TYPE = "ultrafastgpt"
 DECODER_FILE = "modeling_ultrafastgpt"  # the folder file holding this module's copy (config and models alike)
@@ -304,9 +301,9 @@ class UltraFastGPTLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
-class UltraFastGPTPreTrainedModel(PreTrainedModel):
-    """Shared ``transformers`` plumbing: config class, weight init, FFF path selection, strict loading and portable
-    saving."""
+class UltraFastGPTPreTrainedModel(FFFPreTrainedMixin, PreTrainedModel):
+    """Shared ``transformers`` plumbing: config class and weight init; FFF path selection, strict loading (the
+    ``lm_head`` may be absent or extra) and saving with the code from ``FFFPreTrainedMixin``."""
 
     config_class = UltraFastGPTConfig
     config: UltraFastGPTConfig
@@ -315,6 +312,7 @@ class UltraFastGPTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["UltraFastGPTLayer"]
     _skip_keys_device_placement = ["past_key_values"]
+    folder_files = {__name__: DECODER_FILE}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -324,39 +322,9 @@ class UltraFastGPTPreTrainedModel(PreTrainedModel):
         if isinstance(module, FFF) and module.routing_offset is not None:
             module.routing_offset.zero_()
 
-    def set_fff_impl(self, impl: str) -> None:
-        """Select the execution path of every FFF layer (``"auto"``, ``"reference"``, ...), and record it in the
-        config so that a saved model keeps it."""
-        self.config.fff_impl = check_impl(impl)
-        for module in self.modules():
-            if isinstance(module, FFF):
-                module.impl = impl
-
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing decoder weights,
-        unexpected weights, mis-shaped weights (unless ``ignore_mismatched_sizes``) and weights holding NaN or
-        infinity raise ``CheckpointError`` naming them (``transformers`` only warns, or says nothing)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        source = pretrained_model_name_or_path
-        try:
-            model, info = super().from_pretrained(
-                source, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-            )
-        except SafetensorError as error:
-            raise CheckpointError(f"checkpoint {source} has a corrupt weights file: {error}") from error
-        check_loading_info(
-            model, info, source, ignore_mismatched_sizes, is_head=lambda key: key.startswith(DECODER_HEAD_PREFIXES)
-        )
-        check_finite_weights(model, source)
-        return (model, info) if want_info else model
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so the
-        folder loads with ``trust_remote_code=True`` where this package is not installed."""
-        files = {__name__: DECODER_FILE, LOADING_MODULE: "model_loading", **FFF_FILES}
-        save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs, files)
+    def is_head_key(cls, key: str) -> bool:
+        return key.startswith(DECODER_HEAD_PREFIXES)
 
 
 class UltraFastGPTModel(UltraFastGPTPreTrainedModel):

@@ -12,12 +12,10 @@ and ``encoder.layer.N.output.bias``.
 No ``from __future__ import annotations`` here: ``@strict`` checks each config field against its annotation.
 """
 
-import os
 from typing import Any
 
 import torch
 from huggingface_hub.dataclasses import strict
-from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import BertConfig
 from transformers.activations import ACT2FN
@@ -34,8 +32,7 @@ from transformers.models.bert.modeling_bert import (
 from ..fff import FFF, GroupedFFF, check_grouped_impl, check_impl
 from ..fff.grouped import MAX_GROUPED_DEPTH
 from ..fff.layer import MAX_DEPTH
-from .loading import CheckpointError, check_finite_weights, check_loading_info
-from .portable import FFF_FILES, LOADING_MODULE, save_pretrained_with_code
+from .base import FFFPreTrainedMixin
 
 FFFBERT_MODEL_TYPE = "fffbert"
 FFFBERT_FILE = "modeling_fffbert"  # the folder file holding this module's copy (config and models alike)
@@ -49,7 +46,7 @@ FFFBERT_AUTO_MAP = {
 }
 # The feedforward's kind: a tree of single neurons (FFF), or a routing tree over leaves of dense neurons (GroupedFFF)
 FFF_LAYERS = ("tree", "grouped")
-# The grouped layer's module, which the folder carries beside the FFF layer's (``portable.FFF_FILES``).
+# The grouped layer's module, which the folder carries beside the FFF layer's (``portable.SHARED_FILES``).
 GROUPED_FILES = {f"{__name__.partition('.')[0]}.fff.grouped": "fff_grouped"}
 # Parameters of the task heads: a checkpoint of one head loads into another (e.g. a bare encoder -> a classifier).
 HEAD_PREFIXES = ("pooler.", "bert.pooler.", "cls.", "classifier.", "qa_outputs.")
@@ -145,12 +142,14 @@ def use_fff_layers(model: nn.Module, config: FFFBertConfig) -> None:
             module.output = FFFBertOutput(config)
 
 
-class FFFBertPreTrainedModel(BertPreTrainedModel):
+class FFFBertPreTrainedModel(FFFPreTrainedMixin, BertPreTrainedModel):
     """What the FFF-BERT classes add to their BERT classes: the FFF layers (built in ``post_init``, which every
     BERT class calls at the end of its ``__init__``), strict loading and portable saving."""
 
     config_class = FFFBertConfig
     config: FFFBertConfig
+    fff_layer_types = (FFF, GroupedFFF)
+    folder_files = {__name__: FFFBERT_FILE, **GROUPED_FILES}
 
     def post_init(self) -> None:
         use_fff_layers(self, self.config)
@@ -164,39 +163,12 @@ class FFFBertPreTrainedModel(BertPreTrainedModel):
         elif isinstance(module, FFFBertOutput):
             module.bias.zero_()
 
-    def set_fff_impl(self, impl: str) -> None:
-        """Select the execution path of every FFF layer and record it in the config (a saved model keeps it)."""
-        grouped = self.config.fff_layer == "grouped"
-        self.config.fff_impl = check_grouped_impl(impl) if grouped else check_impl(impl)
-        for module in self.modules():
-            if isinstance(module, FFF | GroupedFFF):
-                module.impl = impl
+    def check_fff_impl(self, impl: str) -> str:
+        return check_grouped_impl(impl) if self.config.fff_layer == "grouped" else check_impl(impl)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing encoder or FFF
-        weights, unexpected weights outside the task heads, mis-shaped weights (unless ``ignore_mismatched_sizes``)
-        and weights holding NaN or infinity raise ``CheckpointError`` naming them."""
-        want_info = kwargs.pop("output_loading_info", False)
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        source = pretrained_model_name_or_path
-        try:
-            model, info = super().from_pretrained(
-                source, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-            )
-        except SafetensorError as error:
-            raise CheckpointError(f"checkpoint {source} has a corrupt weights file: {error}") from error
-        check_loading_info(
-            model, info, source, ignore_mismatched_sizes, is_head=lambda key: key.startswith(HEAD_PREFIXES)
-        )
-        check_finite_weights(model, source)
-        return (model, info) if want_info else model
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so the
-        folder loads with ``trust_remote_code=True`` where this package is not installed."""
-        files = {__name__: FFFBERT_FILE, LOADING_MODULE: "model_loading", **FFF_FILES, **GROUPED_FILES}
-        save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs, files)
+    def is_head_key(cls, key: str) -> bool:
+        return key.startswith(HEAD_PREFIXES)
 
 
 class FFFBertModel(FFFBertPreTrainedModel, BertModel):

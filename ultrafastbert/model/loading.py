@@ -1,5 +1,5 @@
-"""Checks that keep loading strict, run by ``CrammedBertPreTrainedModel.from_pretrained`` (and, for FFF-BERT,
-``FFFBertPreTrainedModel.from_pretrained``).
+"""Checks that keep loading strict, run by every model family's ``from_pretrained`` (``FFFPreTrainedMixin`` in
+``base.py``).
 
 ``transformers`` logs missing and unexpected keys and carries on; these checks raise ``CheckpointError`` naming
 them instead (a deliberate departure: a checkpoint that silently loads half its weights is worse than an error).

@@ -14,12 +14,10 @@ are no segment embeddings, as in the original), ``output_attentions``, ``output_
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -33,10 +31,10 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import can_return_tuple
 
-from ..fff import FFF, check_impl
-from .configuration import CrammedBertConfig
-from .loading import CheckpointError, check_finite_weights, check_loading_info, check_tied_decoder_copy
-from .portable import save_pretrained_with_code
+from ..fff import FFF
+from .base import FFFPreTrainedMixin
+from .configuration import CONFIGURATION_FILE, MODELING_FILE, CrammedBertConfig
+from .loading import HEAD_KEYS, check_tied_decoder_copy
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0
@@ -219,8 +217,9 @@ class CrammedBertLayer(GradientCheckpointingLayer):
         return hidden_states, probs
 
 
-class CrammedBertPreTrainedModel(PreTrainedModel):
-    """Shared ``transformers`` plumbing: config class, weight init, FFF path selection, strict loading."""
+class CrammedBertPreTrainedModel(FFFPreTrainedMixin, PreTrainedModel):
+    """Shared ``transformers`` plumbing: config class and weight init; FFF path selection, strict loading (the task
+    heads' ``HEAD_KEYS``, the tied decoder copy checked) and saving with the code from ``FFFPreTrainedMixin``."""
 
     config_class = CrammedBertConfig
     config: CrammedBertConfig
@@ -228,6 +227,7 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CrammedBertLayer"]
+    folder_files = {CrammedBertConfig.__module__: CONFIGURATION_FILE, __name__: MODELING_FILE}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -247,44 +247,13 @@ class CrammedBertPreTrainedModel(PreTrainedModel):
         each call (``transformers`` guesses otherwise from the source, looking for its own attention interface)."""
         return True
 
-    def set_fff_impl(self, impl: str) -> None:
-        """Select the execution path of every FFF layer (``"auto"``, ``"reference"``, ...), and record it in the
-        config so that a saved model keeps it."""
-        self.config.fff_impl = check_impl(impl)
-        for module in self.modules():
-            if isinstance(module, FFF):
-                module.impl = impl
+    @classmethod
+    def is_head_key(cls, key: str) -> bool:
+        return key in HEAD_KEYS
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """``PreTrainedModel.from_pretrained`` that refuses checkpoints that do not fit: missing backbone keys,
-        keys that belong to no crammedBERT model, mis-shaped keys, a tied ``decoder.weight`` copy that differs
-        from the word embedding and weights holding NaN or infinity raise ``CheckpointError`` naming them
-        (``transformers`` only warns, or says nothing)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        try:
-            check_tied_decoder_copy(pretrained_model_name_or_path)
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path,
-                *model_args,
-                output_loading_info=True,
-                ignore_mismatched_sizes=True,
-                **kwargs,
-            )
-        except SafetensorError as error:  # a truncated file, a garbled header: name the checkpoint, not the parser
-            raise CheckpointError(
-                f"checkpoint {pretrained_model_name_or_path} has a corrupt weights file: {error}"
-            ) from error
-        check_loading_info(model, info, pretrained_model_name_or_path, ignore_mismatched_sizes)
-        check_finite_weights(model, pretrained_model_name_or_path)
-        return (model, info) if want_info else model
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained`` plus the model code beside ``config.json`` (``portable.py``), so that
-        the folder loads with ``trust_remote_code=True`` where this package is not installed; ``push_to_hub=True``
-        is refused (``push_to_hub(repo_id)`` uploads a complete folder)."""
-        save_pretrained_with_code(self, super().save_pretrained, save_directory, args, kwargs)
+    def check_checkpoint_files(cls, source: Any) -> None:
+        check_tied_decoder_copy(source)
 
 
 class CrammedBertModel(CrammedBertPreTrainedModel):

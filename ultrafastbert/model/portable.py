@@ -1,17 +1,18 @@
 """Saved model folders that load without this package: the model code written beside ``config.json``.
 
-``CrammedBertPreTrainedModel.save_pretrained`` calls ``write_model_code``, which writes the configuration and
-modeling code in the Hub's custom-code layout: flat ``.py`` files next to ``config.json``, named by its
-``auto_map`` entries (``configuration_crammedbert.CrammedBertConfig``, ``modeling_crammedbert.CrammedBertModel``,
-...). Where ``transformers`` and ``torch`` are installed but this package is not, ``AutoModel*.from_pretrained``
-and ``pipeline`` with ``trust_remote_code=True`` then compute what the package computes.
+Every model family's ``save_pretrained`` (``FFFPreTrainedMixin`` in ``base.py``) calls ``write_model_code``,
+which writes the configuration and modeling code in the Hub's custom-code layout: flat ``.py`` files next to
+``config.json``, named by its ``auto_map`` entries (``configuration_crammedbert.CrammedBertConfig``,
+``modeling_crammedbert.CrammedBertModel``, ...). Where ``transformers`` and ``torch`` are installed but this package
+is not, ``AutoModel*.from_pretrained`` and ``pipeline`` with ``trust_remote_code=True`` then compute what the
+package computes.
 
 The files are the package's own sources, rewritten at save time rather than kept as a second copy of the model:
-each module of ``FOLDER_FILES`` keeps its text, with its relative imports pointed at the flat folder files. Where
-the model code imports the FFF layer, the copy prefers the installed package (``try: from ultrafastbert.fff
-import ...``), whose compiled kernel is faster; without it, the folder's pure-PyTorch copy of the layer serves,
-and ``fff_kernels.py`` stands in for the kernel modules, reporting the kernel unavailable (a warning, once).
-Package-only code (what calls this module) is left out: a model loaded from the folder is saved again by
+each module of ``folder_files(model_class)`` keeps its text, with its relative imports pointed at the flat folder
+files. Where the model code imports the FFF layer, the copy prefers the installed package (``try: from
+ultrafastbert.fff import ...``), whose compiled kernel is faster; without it, the folder's pure-PyTorch copy of the
+layer serves, and ``fff_kernels.py`` stands in for the kernel modules, reporting the kernel unavailable (a warning,
+once). Package-only code (what calls this module) is left out: a model loaded from the folder is saved again by
 ``transformers``' own custom-code mechanism, which copies the files the model was loaded from.
 """
 
@@ -23,27 +24,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .configuration import CONFIGURATION_FILE, MODELING_FILE
-
 PACKAGE = __name__.partition(".")[0]
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
-# Package module -> the folder file (name without ``.py``) that carries its copy: the FFF layer's modules, which
-# every model family's folder carries, and the crammedBERT family's (the default). The FFF-BERT family
-# (``fffbert.py``) passes its own mapping to ``write_model_code``.
+# Package module -> the folder file (name without ``.py``) that carries its copy. Every family's folder carries the
+# shared modules: the FFF layer's, the loading checks and the base that every family's model classes share; each
+# family adds its own (``FFFPreTrainedMixin.folder_files``: ``folder_files`` below joins the two).
 LOADING_MODULE = f"{PACKAGE}.model.loading"
+BASE_MODULE = f"{PACKAGE}.model.base"
 FFF_FILES = {
     f"{PACKAGE}.fff.layer": "fff_layer",
     f"{PACKAGE}.fff.reference": "fff_reference",
     f"{PACKAGE}.fff.sparse": "fff_sparse",
     f"{PACKAGE}.fff.onnx": "fff_onnx",
 }
-FOLDER_FILES = {
-    f"{PACKAGE}.model.configuration": CONFIGURATION_FILE,
-    f"{PACKAGE}.model.modeling": MODELING_FILE,
-    LOADING_MODULE: "loading_crammedbert",
-    **FFF_FILES,
-}
+SHARED_FILES = {BASE_MODULE: "model_base", LOADING_MODULE: "model_loading", **FFF_FILES}
 # The compiled kernel's modules, which a folder cannot carry: one stand-in file takes the place of both.
 KERNEL_MODULES = (f"{PACKAGE}.fff.kernels", f"{PACKAGE}.fff.ops")
 KERNEL_STAND_IN = "fff_kernels"
@@ -51,11 +46,7 @@ KERNEL_STAND_IN = "fff_kernels"
 PREFER_INSTALLED = f"{PACKAGE}.fff"
 # Package-only code: imports of these modules are dropped from the copies, and these (class, method) with them.
 PACKAGE_ONLY_MODULES = (__name__,)
-PACKAGE_ONLY_MEMBERS = {
-    f"{PACKAGE}.model.modeling": (("CrammedBertPreTrainedModel", "save_pretrained"),),
-    f"{PACKAGE}.model.fffbert": (("FFFBertPreTrainedModel", "save_pretrained"),),
-    f"{PACKAGE}.model.decoder": (("UltraFastGPTPreTrainedModel", "save_pretrained"),),
-}
+PACKAGE_ONLY_MEMBERS = {BASE_MODULE: (("FFFPreTrainedMixin", "save_pretrained"),)}
 
 _STAND_IN_TEMPLATE = '''"""Stand-in for the compiled FFF kernel of the ``{package}`` package (its {modules}
 modules), which a saved folder does not carry: ``available()`` is False, with a warning once, so the FFF layers of
@@ -97,17 +88,12 @@ class PortableCodeError(RuntimeError):
 
 
 def save_pretrained_with_code(
-    model: Any,
-    save: Callable[..., None],
-    save_directory: str | os.PathLike,
-    args: tuple,
-    kwargs: dict,
-    files: dict[str, str] | None = None,
+    model: Any, save: Callable[..., None], save_directory: str | os.PathLike, args: tuple, kwargs: dict
 ) -> None:
     """What the model families' ``save_pretrained`` do: ``save`` (``PreTrainedModel.save_pretrained``), then the
-    model code beside ``config.json`` (``write_model_code(files)``), so that the folder loads with
-    ``trust_remote_code=True`` where this package is not installed. ``push_to_hub=True`` is refused, as its upload
-    would leave the code out: ``model.push_to_hub(repo_id)`` uploads a complete folder."""
+    model code beside ``config.json`` (``write_model_code``, the modules of ``folder_files``), so that the folder
+    loads with ``trust_remote_code=True`` where this package is not installed. ``push_to_hub=True`` is refused, as
+    its upload would leave the code out: ``model.push_to_hub(repo_id)`` uploads a complete folder."""
     if kwargs.get("push_to_hub"):
         raise ValueError(
             "save_pretrained(push_to_hub=True) would upload the folder without its model code; "
@@ -115,10 +101,16 @@ def save_pretrained_with_code(
         )
     save(save_directory, *args, **kwargs)
     if model.should_save_on_this_rank(kwargs.get("is_main_process", True)):
-        write_model_code(save_directory, files)
+        write_model_code(save_directory, folder_files(type(model)))
 
 
-def write_model_code(folder: str | os.PathLike, files: dict[str, str] | None = None) -> list[Path]:
+def folder_files(model_class: type) -> dict[str, str]:
+    """Package module -> folder file for every module a folder of ``model_class``'s family carries: the family's
+    own (its ``folder_files``) and the shared ones."""
+    return {**model_class.folder_files, **SHARED_FILES}
+
+
+def write_model_code(folder: str | os.PathLike, files: dict[str, str]) -> list[Path]:
     """Write the folder copy of the model code (``model_code(files)``) into ``folder``; returns the files written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,10 +122,9 @@ def write_model_code(folder: str | os.PathLike, files: dict[str, str] | None = N
     return written
 
 
-def model_code(files: dict[str, str] | None = None) -> dict[str, str]:
+def model_code(files: dict[str, str]) -> dict[str, str]:
     """Folder file name (without ``.py``) -> source: the copies of the modules of ``files`` (package module ->
-    folder file; default ``FOLDER_FILES``, the crammedBERT family) and the kernel stand-in."""
-    files = FOLDER_FILES if files is None else files
+    folder file, ``folder_files(model_class)``) and the kernel stand-in."""
     copies = {files[module]: _folder_copy(module, files) for module in files}
     stand_in_names = {name for text in copies.values() for name in _names_taken_from(text, KERNEL_STAND_IN)}
     return copies | {KERNEL_STAND_IN: _kernel_stand_in(stand_in_names)}
@@ -189,7 +180,8 @@ def _rewrite_import(module: str, node: ast.ImportFrom, files: dict[str, str]) ->
         else:
             raise PortableCodeError(
                 f"{module} imports {owner if is_module else f'{alias.name} from {owner}'}, which a saved folder does "
-                f"not carry: add the module to the folder's files ({__name__}.FOLDER_FILES or its family's mapping)"
+                f"not carry: add the module to the folder's files ({__name__}.SHARED_FILES or the family's "
+                "folder_files)"
             )
         by_file.setdefault(file, []).append(name if name == bound else f"{name} as {bound}")
     folder_lines = [f"from .{file} import {', '.join(names)}\n" for file, names in by_file.items()]
