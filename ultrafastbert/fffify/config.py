@@ -9,6 +9,7 @@ from typing import Literal
 from ..flags import check_fields, fraction, positive
 
 INIT_METHODS = ("split", "pca", "random")
+METHODS = ("tree", "grouped")
 # A tree with more nodes than this many times the dense layer's neurons is bigger than the layer it replaces by a
 # wide margin: a typo in --depth rather than a model (depth 11 at width 1536 is 2.7x; depth 12 is 5.3x).
 MAX_NODES_PER_DENSE_NEURON = 4
@@ -20,9 +21,28 @@ MIN_SEQ_LEN = 3
 @dataclass
 class FffifyConfig:
     """How a BERT's feedforward layers become FFFs: the tree shape, the initialisation, and the distillation
-    (layer by layer on the FF's real inputs, then optionally end to end on the final hidden states)."""
+    (layer by layer on the FF's real inputs, then optionally end to end on the final hidden states); or, with
+    ``method="grouped"``, grouped-leaf FFFs holding the layer's own neurons (``fffify/grouped.py``)."""
 
-    depth: int = field(default=8, metadata={"help": "depth D of each tree (D+1 neurons per token per tree)"})
+    method: Literal["tree", "grouped"] = field(
+        default="tree",
+        metadata={
+            "help": "tree: trees of single neurons distilled to imitate each feedforward; grouped: the feedforward's "
+            "own neurons kept, grouped by co-activation into 2^depth leaves beside an always-on shared leaf, only "
+            "the routing nodes fitted (--depth and --active-fraction; --init and the layer-wise steps do not apply)"
+        },
+    )
+    depth: int = field(
+        default=8,
+        metadata={"help": "depth D of each tree (D+1 neurons per token per tree); grouped: routing levels"},
+    )
+    active_fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "grouped: share of the dense neurons one token evaluates (its leaf and the shared leaf, which "
+            "holds what 2^depth equal leaves leave over)"
+        },
+    )
     trees: int = field(default=1, metadata={"help": "trees K per layer", "check": positive})
     init: Literal["split", "pca", "random"] = field(
         default="split",
@@ -90,6 +110,12 @@ class FffifyConfig:
 
     def __post_init__(self) -> None:
         self.corpus = tuple(self.corpus)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if not 0 < self.active_fraction <= 1:
+            raise ValueError(f"active fraction must lie in (0, 1], got {self.active_fraction}")
+        if self.method == "grouped" and self.trees != 1:
+            raise ValueError(f"--method grouped builds one routing tree per layer; --trees must be 1, got {self.trees}")
         if self.init not in INIT_METHODS:
             raise ValueError(f"unknown init {self.init!r}; choose one of {INIT_METHODS}")
         if self.depth < 0:
@@ -106,5 +132,7 @@ class FffifyConfig:
 
     @property
     def shape(self) -> str:
-        """``KxD``, e.g. ``4x5``."""
+        """``KxD``, e.g. ``4x5``; grouped: ``grouped-D@F``, e.g. ``grouped-2@0.25``."""
+        if self.method == "grouped":
+            return f"grouped-{self.depth}@{self.active_fraction:g}"
         return f"{self.trees}x{self.depth}"

@@ -15,6 +15,7 @@ from ..fff import nodes_per_tree
 from ..fff.layer import MAX_DEPTH
 from ..model.loading import check_finite_weights
 from .config import DEFAULT_SEQ_LEN, MAX_NODES_PER_DENSE_NEURON, FffifyConfig
+from .grouped import GroupedShape, grouped_shape
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 # architecture in config.json -> the FFF-BERT class the converted model gets (same head, same parameter names)
@@ -66,6 +67,9 @@ def check_source(model_dir: str | Path, config: FffifyConfig) -> dict[str, Any]:
     width = source.get("intermediate_size")
     if not isinstance(width, int) or width < 1:
         raise ConversionError(f"{folder} config.json has no valid intermediate_size (got {width!r})")
+    if config.method == "grouped":
+        conversion_shape(source, config)
+        return source
     nodes = config.trees * nodes_per_tree(config.depth) if config.depth <= MAX_DEPTH else None
     if nodes is None or nodes > MAX_NODES_PER_DENSE_NEURON * width:
         deepest = max(
@@ -80,6 +84,14 @@ def check_source(model_dir: str | Path, config: FffifyConfig) -> dict[str, Any]:
             f"for {config.trees} tree(s)"
         )
     return source
+
+
+def conversion_shape(source: dict[str, Any], config: FffifyConfig) -> GroupedShape:
+    """The grouped split of the source's feedforward (``grouped_shape``); ``ConversionError`` when there is none."""
+    try:
+        return grouped_shape(source["intermediate_size"], config.depth, config.active_fraction)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
 
 
 def sequence_length(source: dict[str, Any], config: FffifyConfig) -> int:
@@ -127,8 +139,11 @@ def converted_skeleton(dense: nn.Module, source: dict[str, Any], config: FffifyC
         for name, value in source.items()
         if name not in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
     }
-    kept.update(dtype="float32")
-    fff_config = fffbert.FFFBertConfig(**kept, fff_depth=config.depth, fff_trees=config.trees)
+    kept.update(dtype="float32", fff_depth=config.depth, fff_trees=config.trees)
+    if config.method == "grouped":
+        shape = conversion_shape(source, config)
+        kept.update(fff_layer="grouped", fff_leaf_width=shape.leaf_width, fff_shared_width=shape.shared_width)
+    fff_config = fffbert.FFFBertConfig(**kept)
     cls = getattr(fffbert, SUPPORTED_ARCHITECTURES[(source.get("architectures") or ["BertModel"])[0]])
     model = cls(fff_config)
     state = {name: value for name, value in dense.state_dict().items() if not FF_PARAMETER.search(name)}
