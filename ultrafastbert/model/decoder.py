@@ -74,10 +74,6 @@ _DECODER_SIZES: dict[str, dict[str, Any]] = {
 }
 _NO_DROPOUT = {"embedding_dropout_prob": 0.0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
-# The paper's GPT-3 feedforward (hidden 12288, dense 49152 = 4H) and the tree it proposes in its place: one tree of
-# depth 15 (65,535 nodes, 16 on a token's path). A layer shape for benchmarks, not a model preset.
-GPT3_FEEDFORWARD = {"hidden_size": 12288, "intermediate_size": 49152, "fff_trees": 1, "fff_depth": 15}
-
 
 def decoder_preset_fields(name: str) -> dict[str, Any]:
     """The config fields preset ``name`` sets (see ``DECODER_PRESET_NAMES``); ``ValueError`` for an unknown name."""
