@@ -440,9 +440,8 @@ def format_report(report: dict) -> str:
         for r, dense in _gpt3_pairs(layer):
             lines.append(
                 f"- {r['dtype']}, {r['tokens']} token{'s' * (r['tokens'] > 1)}, caches {r['caches']}: "
-                f"{dense['ms'] / r['ms']:.3g}x "
-                f"({dense['min_ms'] / r['min_ms']:.3g}x) measured, {dense['floor_ms'] / r['ms']:.3g}x against the "
-                "dense floor"
+                f"{_times(dense['ms'] / r['ms'])} ({_times(dense['min_ms'] / r['min_ms'])}) measured, "
+                f"{_times(dense['floor_ms'] / r['ms'])} against the dense floor"
             )
     return "\n".join(lines)
 
@@ -491,10 +490,15 @@ def _summary(decode: list[dict], layer: list[dict]) -> list[str]:
             lines.append(
                 f"\nGPT-3 layer, {r['dtype']}, 1 token, caches {r['caches']}: the FFF takes {r['ms']:.4g} ms; the "
                 f"dense layer's floor ({dense['weight_bytes'] / 1e9:.3g} GB at the measured rate: "
-                f"{dense['floor_ms']:.4g} ms) is {dense['floor_ms'] / r['ms']:.3g}x that, the dense layer as measured "
-                f"({dense['ms']:.4g} ms) {dense['ms'] / r['ms']:.3g}x."
+                f"{dense['floor_ms']:.4g} ms) is {_times(dense['floor_ms'] / r['ms'])} that, the dense layer as "
+                f"measured ({dense['ms']:.4g} ms) {_times(dense['ms'] / r['ms'])}."
             )
     return lines
+
+
+def _times(ratio: float) -> str:
+    """A ratio as ``516x`` or ``1,234x`` above 100, else to three significant figures."""
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
 
 
 def _load(values: list[float] | tuple[float, ...]) -> str:
