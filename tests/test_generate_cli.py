@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,11 @@ def test_pretrain_trains_a_decoder_preset_on_next_token_prediction(pretrained_de
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("corpus: ") and "corpus.txt" in printed[0]  # the one it was pretrained on
     assert printed[1].startswith("validation next-token loss ") and "perplexity" in printed[1]
+
+    assert main(["inspect", *args[1:], "--max-sequences", "16"]) == 0
+    tree_table = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"UltraFastGPT-1x3: tree health over \d+ tokens of \d+ validation sequences", tree_table[1])
+    assert len(tree_table) == 3 + 4  # corpus, title, header, one row per layer
 
 
 def test_an_unknown_preset_names_both_families(tmp_path):
