@@ -125,6 +125,7 @@ DECODE_SMOKE = {
     "gpt3_depth": 4,
     "gpt3_min_seconds": 0.0,
     "bandwidth_mib": 4,
+    "flush_mib": 4,
 }
 
 
@@ -179,6 +180,9 @@ class DecodeBenchConfig:
     bandwidth_mib: int = field(
         default=128,
         metadata={"check": positive, "help": "memory-read probe: MiB summed (several times the last-level cache)"},
+    )
+    flush_mib: int = field(
+        default=256, metadata={"check": positive, "help": "GPT-3 layer: MiB read to flush the caches before a call"}
     )
     seed: int = field(default=0, metadata={"help": "seeds weights and token ids"})
 

@@ -327,7 +327,12 @@ def run_decode_benchmark(config: DecodeBenchConfig, output: str | Path | None = 
             print("GPT-3 feedforward layer", flush=True)
             shape = Gpt3Shape(config.gpt3_width, config.gpt3_hidden, config.gpt3_depth)
             layer, bandwidth, routed = run_gpt3_layer(
-                shape, config.gpt3_tokens, config.dtypes, config.gpt3_rounds, config.bandwidth_mib * 2**20
+                shape,
+                config.gpt3_tokens,
+                config.dtypes,
+                config.gpt3_rounds,
+                config.bandwidth_mib * 2**20,
+                config.flush_mib * 2**20,
             )
         machine = machine_info()
     finally:

@@ -19,7 +19,6 @@ memory reads take from the rest.
 from __future__ import annotations
 
 import functools
-import gc
 import itertools
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from .timing import Rounds, TimedCall, Timing, time_interleaved
 # Fresh inputs per token count, cycled through by the timed calls: more than the rounds a group usually runs, so
 # that consecutive calls take different paths through the tree.
 INPUT_POOL = 64
-# Bytes read (untimed) before every timed call, to evict the previous call's rows from every cache level.
+# Bytes read (untimed) before a "flushed" call, to evict the previous call's rows from every cache level.
 FLUSH_BYTES = 256 * 2**20
 # Rows of ``linear_in`` converted to float32 at a time by the memory-lean reference check.
 REFERENCE_CHUNK = 4096
@@ -225,6 +224,7 @@ def run_gpt3_layer(
     dtypes: tuple[str, ...],
     rounds: Rounds,
     bandwidth_bytes: int,
+    flush_bytes: int = FLUSH_BYTES,
     log=print,  # noqa: ANN001 - a print-like function
 ) -> tuple[list[Gpt3LayerMeasurement], list[BandwidthMeasurement], dict[str, int]]:
     """Both layers in every dtype, one layer in memory at a time; the floors use the best bandwidth of the run.
@@ -233,7 +233,7 @@ def run_gpt3_layer(
     if not kernels.available():
         raise RuntimeError("the GPT-3 layer benchmark times the FFF's compiled kernel, which is not built here")
     probe = torch.randn(bandwidth_bytes // 4)  # float32
-    flush = torch.randn(FLUSH_BYTES // 4)
+    flush = torch.randn(flush_bytes // 4)
     measurements: list[Gpt3LayerMeasurement] = []
     bandwidths: list[BandwidthMeasurement] = []
     routed: dict[str, int] = {}
@@ -263,8 +263,7 @@ def run_gpt3_layer(
                                      probe.numel() * 4 / probe_timing.median_s / 1e9,
                                      probe_timing.repeats, probe_timing.threads)
             )  # fmt: skip
-            del layer, inputs
-            gc.collect()
+            del layer, inputs  # freed here (nothing else refers to them) before the next layer is built
     best = max(b.best_gb_s for b in bandwidths)
     for m in measurements:
         m.floor_ms = m.weight_bytes / (best * 1e9) * 1e3
