@@ -653,7 +653,8 @@ def _apply_output_flags(args: argparse.Namespace) -> None:
 
     set_quiet(getattr(args, "quiet", False))
     show_package_logs()
-    if isinstance(getattr(args, "threads", None), int):  # the layer benchmark's --threads is a list of passes
+    # the benchmarks set (and restore) their own --threads for the run only
+    if args.command not in UNQUIET_COMMANDS and isinstance(getattr(args, "threads", None), int):
         import torch
 
         torch.set_num_threads(args.threads)
