@@ -550,7 +550,9 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
         "every layer's feedforward by an FFF of --trees trees of depth --depth, initialises it from the layer's "
         "real inputs and outputs on the text (the embedded corpus, or --corpus files), distils it layer by layer "
         "(and end to end with --e2e-steps), and saves an FFF-BERT folder that keeps every other weight and the "
-        "tokenizer. fffify.json in the folder records held-out R^2 per layer and sentence-embedding fidelity.",
+        "tokenizer. --method grouped keeps the layer's own neurons instead: grouped into 2^depth leaves beside a "
+        "shared leaf, --active-fraction of them per token, only the routing nodes fitted. fffify.json in the folder "
+        "records held-out R^2 per layer and sentence-embedding fidelity.",
         _add_fffify,
     ),
     "evaluate": (
