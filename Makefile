@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo lint bench fffify-report clean
+.PHONY: setup test test-fast demo lint folder-code bench fffify-report clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# the model code that saved folders carry (ultrafastbert/model/folder_code/, committed): regenerate it after changing
+# the model or FFF layer code; tests/test_portable.py fails, naming the stale file, until it is
+folder-code: setup
+	$(PY) -m ultrafastbert.model.codegen --write
 
 # the benchmarks of record (benchmarks/README.md): the layer with the kernel built natively and for AVX2, the model
 LAYER_BENCH := benchmarks/layer.py --tokens 1 128 4096 16384 --threads 2 --dtypes float32 bfloat16 --no-compile

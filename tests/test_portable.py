@@ -1,12 +1,15 @@
 """Saved model folders carry their model code (``model/portable.py``): in a fresh process that cannot import
 ``ultrafastbert``, the Auto classes and pipelines load them with ``trust_remote_code=True`` and compute what the
-package computes; where the package is installed, the folder's code uses the package's FFF layer."""
+package computes; where the package is installed, the folder's code uses the package's FFF layer. The code is
+generated at development time into ``model/folder_code/`` (``make folder-code``), and saving copies it from there:
+a test fails, naming the stale file, when it is out of date with the sources."""
 
 from __future__ import annotations
 
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +27,21 @@ from ultrafastbert import (
     CrammedBertTokenizer,
 )
 from ultrafastbert.data.tokenizer import train_tokenizer
-from ultrafastbert.model import convert_checkpoint
+from ultrafastbert.model import codegen, convert_checkpoint, portable
+from ultrafastbert.model.base import FFFPreTrainedMixin
 from ultrafastbert.model.configuration import AUTO_MAP, MODELING_FILE
-from ultrafastbert.model.portable import BASE_MODULE, KERNEL_STAND_IN, PACKAGE_ROOT, folder_files, model_code
+from ultrafastbert.model.portable import (
+    BASE_MODULE,
+    FOLDER_CODE,
+    KERNEL_STAND_IN,
+    PACKAGE_ROOT,
+    PortableCodeError,
+    folder_files,
+    model_code,
+    stale_files,
+    stale_message,
+    write_folder_code,
+)
 from ultrafastbert.model.tokenizer import load_tokenizer
 
 TEXTS = [
@@ -219,6 +234,90 @@ def test_the_folder_files_are_the_package_sources() -> None:
         ), file
     base = code[files[BASE_MODULE]]
     assert "def save_pretrained" not in base and "save_pretrained_with_code" not in base
+
+
+# --- the committed folder code: generated at development time, copied at save time -----------------------------
+
+
+def test_the_committed_folder_code_is_up_to_date() -> None:
+    """``model/folder_code/`` is what the generator makes from the package's sources now; if not, one line names the
+    stale file and the command that regenerates it."""
+    stale = stale_files(codegen.generate())
+    if stale:
+        pytest.fail(stale_message(stale), pytrace=False)
+
+
+def package_sources(root: Path) -> Path:
+    """A copy of the package's ``.py`` sources under ``root`` (the committed folder code left out)."""
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        if FOLDER_CODE not in path.parents:
+            copy = root / PACKAGE_ROOT.name / path.relative_to(PACKAGE_ROOT)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(path.read_bytes())
+    return root / PACKAGE_ROOT.name
+
+
+def test_the_drift_check_names_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: files generated from a source edited afterwards, a committed file edited by hand,
+    one missing and one no longer generated are each named, and regenerating clears them."""
+    committed = tmp_path / "folder_code"
+    generated = codegen.generate()
+    assert write_folder_code(generated, committed) == sorted(generated)
+    assert stale_files(generated, committed) == []
+    sources = package_sources(tmp_path / "sources")
+    reference = sources / "fff" / "reference.py"
+    reference.write_text(reference.read_text().replace("def ", "def  ", 1))  # a source edit, not regenerated
+    monkeypatch.setattr(portable, "PACKAGE_ROOT", sources)
+    edited = codegen.generate()
+    assert stale_files(edited, committed) == ["fff_reference.py"]
+    monkeypatch.undo()
+    assert stale_message(["fff_reference.py"]) == (
+        "ultrafastbert/model/folder_code/fff_reference.py is out of date with the package sources: "
+        "run `make folder-code`"
+    )
+    (committed / "fff_layer.py").write_text((committed / "fff_layer.py").read_text() + "# edited by hand\n")
+    (committed / "model_loading.py").unlink()
+    (committed / "fff_gone.py").write_text("")
+    assert stale_files(generated, committed) == ["fff_gone.py", "fff_layer.py", "model_loading.py"]
+    assert "\n" not in stale_message(stale_files(generated, committed), committed)
+    assert write_folder_code(generated, committed) == ["fff_gone.py", "fff_layer.py", "model_loading.py"]
+    assert stale_files(generated, committed) == []
+
+
+def test_every_family_s_files_are_committed() -> None:
+    """Each model family of the package (a subclass of the shared base) is generated: its folder files are there."""
+    families, pending = set(), [FFFPreTrainedMixin]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            pending.append(subclass)
+            if subclass.__module__.startswith(f"{PACKAGE_ROOT.name}.") and subclass.folder_files:
+                families.add(subclass)
+    assert {family.__module__ for family in families} == {family.__module__ for family in codegen.FAMILIES}
+    committed = {path.name for path in FOLDER_CODE.glob("*.py")}
+    for family in families:
+        assert {f"{name}.py" for name in [*folder_files(family).values(), KERNEL_STAND_IN]} <= committed, family
+
+
+def test_saving_copies_the_committed_files_and_reads_no_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(portable, "PACKAGE_ROOT", tmp_path / "no-sources")  # a source read would fail
+    model = random_model(CrammedBertForMaskedLM, 30, 0, ffn_type="fff")
+    model.save_pretrained(tmp_path / "saved")
+    written = sorted((tmp_path / "saved").glob("*.py"))
+    assert [path.name for path in written] == sorted(
+        f"{name}.py" for name in [*folder_files(CrammedBertForMaskedLM).values(), KERNEL_STAND_IN]
+    )
+    for path in written:
+        assert path.read_bytes() == (FOLDER_CODE / path.name).read_bytes(), path.name
+
+
+def test_a_missing_committed_file_is_refused_before_saving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(FOLDER_CODE, tmp_path / "folder_code")
+    (tmp_path / "folder_code" / "fff_sparse.py").unlink()
+    monkeypatch.setattr(portable, "FOLDER_CODE", tmp_path / "folder_code")
+    model = random_model(CrammedBertForMaskedLM, 30, 0)
+    with pytest.raises(PortableCodeError, match=r"fff_sparse\.py is missing .*run `make folder-code`"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
 
 
 def test_the_package_keeps_serving_its_folders_without_remote_code(saved) -> None:
