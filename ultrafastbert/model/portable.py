@@ -169,12 +169,8 @@ def generate_folder_code(model_classes: Iterable[type]) -> dict[str, str]:
 def stale_files(generated: dict[str, str], folder: Path = FOLDER_CODE) -> list[str]:
     """The names of the ``.py`` files of ``folder`` that differ from ``generated`` (``generate_folder_code``):
     changed, missing, or there and no longer generated."""
-    committed = {path.name for path in folder.glob("*.py")}
-    return sorted(
-        name
-        for name in committed | set(generated)
-        if name not in committed or name not in generated or (folder / name).read_text() != generated[name]
-    )
+    committed = {path.name: path.read_text(encoding="utf-8") for path in folder.glob("*.py")}
+    return sorted(name for name in committed.keys() | generated.keys() if committed.get(name) != generated.get(name))
 
 
 def stale_message(stale: list[str], folder: Path = FOLDER_CODE) -> str:
@@ -190,7 +186,7 @@ def write_folder_code(generated: dict[str, str], folder: Path = FOLDER_CODE) -> 
     folder.mkdir(parents=True, exist_ok=True)
     for name in stale:
         if name in generated:
-            (folder / name).write_text(generated[name])
+            (folder / name).write_text(generated[name], encoding="utf-8")
         else:
             (folder / name).unlink()
     return stale
