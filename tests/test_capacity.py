@@ -122,3 +122,25 @@ def test_smoke_run_recalls_far_above_chance_and_resumes(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["capacity", "--preset", "smoke", "--output", str(output), "--values", "8"])
     assert "other settings (values)" in str(stopped.value.code)
+
+
+def test_acceptance_counts_what_each_feedforward_adds_above_no_ff():
+    """The verdict compares total bits (the bar) and, beside it, each feedforward's own bits above the
+    attention-only arm: 10k over a 6k floor against the narrow arm's 1k and the wide arm's 40k."""
+    from ultrafastbert.capacity.report import ArmResult, acceptance
+
+    def arm(name: str, bits: float, size: int = 64) -> ArmResult:
+        return ArmResult(
+            task="synthetic", arm=name, size=size, facts=4 * size, values=64, recall=0.5, bits_stored=bits,
+            recall_curve=[], final_loss=0.0, steps=1, batch_rows=1, ff_parameters=1, ff_neurons_per_token=1,
+            ff_flops_per_token=1, bits_per_ff_parameter=None, ms_per_step=1.0, train_seconds=1.0, tree_health=None,
+        )  # fmt: skip
+
+    results = [arm("no-ff", 6000), arm("narrow", 7000), arm("fff-balanced", 16000), arm("wide", 46000)]
+    results += [arm("wide", 1.0, size=8)]  # a smaller N does not count
+    verdict = acceptance(results)
+    assert verdict["times_narrow"] == pytest.approx(16000 / 7000) and not verdict["met"]
+    own = verdict["above_no_ff"]
+    assert own["balanced_bits_above_no_ff"] == 10000
+    assert own["times_narrow"] == pytest.approx(10.0) and own["share_of_wide"] == pytest.approx(0.25)
+    assert acceptance([r for r in results if r.arm != "no-ff"])["above_no_ff"] is None

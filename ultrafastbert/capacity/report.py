@@ -76,6 +76,16 @@ def acceptance(results: list[ArmResult]) -> dict[str, Any] | None:
         return None
     times_narrow = balanced.bits_stored / narrow.bits_stored if narrow.bits_stored else float("inf")
     share_of_wide = balanced.bits_stored / wide.bits_stored if wide.bits_stored else float("inf")
+    floor = synthetic.get((largest, "no-ff"))
+    own = None  # the feedforwards' own bits: above what attention and embeddings store without one (no-ff)
+    if floor is not None:
+        above = {arm: r.bits_stored - floor.bits_stored for arm, r in arms.items() if r is not None}
+        own = {
+            "no_ff_bits": floor.bits_stored,
+            "balanced_bits_above_no_ff": above["fff-balanced"],
+            "times_narrow": above["fff-balanced"] / above["narrow"] if above["narrow"] > 0 else None,
+            "share_of_wide": above["fff-balanced"] / above["wide"] if above["wide"] > 0 else None,
+        }
     return {
         "people": largest,
         "facts": balanced.facts,
@@ -87,6 +97,7 @@ def acceptance(results: list[ArmResult]) -> dict[str, Any] | None:
         else None,
         "plain_share_of_wide": arms["fff"].bits_stored / wide.bits_stored if arms["fff"] and wide.bits_stored else None,
         "met": times_narrow >= MIN_TIMES_NARROW and share_of_wide >= MIN_SHARE_OF_WIDE,
+        "above_no_ff": own,
         "balanced_tree_health": balanced.tree_health,
         "plain_tree_health": arms["fff"].tree_health if arms["fff"] else None,
     }
@@ -131,6 +142,14 @@ def _conclusions(results: list[ArmResult], verdict: dict[str, Any] | None, confi
             f"balanced {_health_text(verdict['balanced_tree_health'])}; "
             f"plain {_health_text(verdict['plain_tree_health'])}."
         )
+        own = verdict.get("above_no_ff")
+        if own and own["times_narrow"] is not None and own["share_of_wide"] is not None:
+            lines.append(
+                f"- Counting only what each feedforward adds to the attention-only model ({own['no_ff_bits']:,.0f} "
+                f"bits at this N), the balanced tree adds {own['balanced_bits_above_no_ff']:,.0f} bits: "
+                f"{own['times_narrow']:.1f}x the narrow layer's addition and {own['share_of_wide']:.1%} of the wide "
+                "layer's."
+            )
     wordnet = _by(results, "wordnet")
     for (size, arm), r in sorted(wordnet.items()):
         lines.append(
