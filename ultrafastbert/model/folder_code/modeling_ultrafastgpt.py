@@ -3,7 +3,7 @@
 
 One file holds the family (configuration, then the modules in the order data flows: embeddings -> attention ->
 feedforward -> layer -> decoder -> language-model head), so that a saved folder carries it as one file
-(``modeling_ultrafastgpt.py``, written by ``portable.py``). The architecture is GPT-2's with the choices of this
+(``modeling_ultrafastgpt.py``, made by ``codegen.py``). The architecture is GPT-2's with the choices of this
 package: pre-LayerNorm layers, learned absolute positions (``embed_positions``, as GPT-2; a context of
 ``max_position_embeddings`` tokens), causal self-attention through ``scaled_dot_product_attention`` with one fused
 QKV projection and no biases, a final LayerNorm and an ``lm_head`` tied to the token embedding. Generation is
