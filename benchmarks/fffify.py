@@ -79,8 +79,8 @@ GROUPED = {
     "g12": (3, 0.125),
     "g12s": (4, 0.125),
 }
-# the grouped models finetuned (CPU time allowed only these; the others have speed and fidelity only)
-GROUPED_FINETUNED: tuple[str, ...] = ("g50s",)
+# the grouped models finetuned (CPU time allowed these three; the others have speed and fidelity only)
+GROUPED_FINETUNED: tuple[str, ...] = ("g50s", "g50", "g25")
 DENSE = "dense"
 TASKS = ("wn-pos", "wn-supersense", "fortune-topic")
 FINETUNE = FinetuneConfig(
