@@ -1,19 +1,25 @@
-"""Tiny causal decoders with a dense, an FFF, a narrow dense and no feedforward, pretrained alike on the corpus.
+"""Tiny causal decoders with a dense, an FFF (plain and balanced), a narrow dense and no feedforward, pretrained
+alike on the corpus, for equal time and for equal steps.
 
-``python benchmarks/decoder_quality.py OUT --steps 100`` pretrains the ``tiny-gpt`` decoder (4 layers x 128, 4
-heads) with each feedforward (``-dense``: 512 wide; ``-fff``: one tree of depth 8, 9 of 511 neurons per token;
-``-narrow``: dense 9 wide, the tree's neurons per token; ``-no-ff``) through ``ultrafastbert pretrain``'s own job
-on the embedded corpus, with one recipe and the same number of steps (sequences of 128 tokens, vocabulary 8192,
-batch ramped from 8 to 16, peak lr 3e-3, seed 0; validation once, at the end), and writes ``OUT/report.json``
-and ``OUT/report.md``: steps, training time and tokens per second (the median step), validation next-token loss,
-perplexity and accuracy, the FFF's tree health on the validation text, and greedy and sampled continuations of a
-few prompts. Each arm's run folder (``OUT/<preset>``) is kept; rerunning reuses the arms that finished.
+``python benchmarks/decoder_quality.py OUT --minutes 6 --steps 1000 --threads 1`` pretrains the ``tiny-gpt``
+decoder (4 layers x 128, 4 heads) with each feedforward (``dense``: 512 wide; ``fff``: one tree of depth 8, 9 of
+511 neurons per token; ``fff-balanced``: the same tree with its routing offsets balanced, as the study's variant;
+``narrow``: dense 9 wide, the tree's neurons per token; ``no-ff``) through ``ultrafastbert pretrain``'s own job on
+the embedded corpus, with one recipe (sequences of 128 tokens, vocabulary 8192, batch ramped from 8 to 16, peak lr
+3e-3, seed 0; validation at the end), twice: every arm for the same wall-clock minutes (``OUT/equal-time``: the
+user's budget) and every arm for the same optimizer steps (``OUT/equal-steps``: the model's capacity). It writes
+``OUT/report.json`` and ``OUT/report.md``: steps, training time, tokens per second (median and 10th percentile
+step, with the load average: other work on the machine costs an equal-time arm steps), validation next-token
+loss, perplexity and accuracy, each tree's health on the validation text, and greedy and sampled continuations
+of a few prompts. Each arm's run folder is kept and checkpointed; a rerun resumes an unfinished arm and reuses
+the finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict
@@ -27,31 +33,52 @@ from ultrafastbert.data import packed_dataset, prepare_default_data
 from ultrafastbert.model.decoder import UltraFastGPTConfig
 from ultrafastbert.model.health import model_tree_health
 from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.study.variants import BALANCE_RATE
 from ultrafastbert.train.config import GenerateConfig, PretrainConfig, PretrainJob
 from ultrafastbert.train.generation import generate_text
 from ultrafastbert.train.jobs import FINAL, METRICS, MODEL, pretrain_job
 
-ARMS = ("tiny-gpt-dense", "tiny-gpt-fff", "tiny-gpt-narrow", "tiny-gpt-no-ff")
+# arm -> (decoder preset, routing-offset step of its trees)
+ARMS = {
+    "dense": ("tiny-gpt-dense", 0.0),
+    "fff": ("tiny-gpt-fff", 0.0),
+    "fff-balanced": ("tiny-gpt-fff", BALANCE_RATE),
+    "narrow": ("tiny-gpt-narrow", 0.0),
+    "no-ff": ("tiny-gpt-no-ff", 0.0),
+}
+REGIMES = ("equal-time", "equal-steps")
 PROMPTS = ("the cat", "a computer program is", "the meaning of the word")
 SEQ_LEN, VOCAB_SIZE = 128, 8192
 
 
-def pretrain_arm(preset: str, out: Path, steps: int, seed: int) -> dict:
-    """Pretrain one arm (or read back its finished run) and return its final record."""
-    folder = out / preset
+def pretrain_arm(arm: str, folder: Path, budget: dict, seed: int) -> dict:
+    """Pretrain one arm in ``folder`` (resuming its checkpoint, or reading back its finished run) for ``budget``
+    (``max_minutes`` or ``max_steps``) and return its final record."""
     if (folder / FINAL).is_file():
         return json.loads((folder / FINAL).read_text())
+    preset, balance_rate = ARMS[arm]
     train = PretrainConfig(
         micro_batch=8,
         final_batch=16,
-        max_steps=steps,
         lr=3e-3,
         seed=seed,
-        checkpoint_every_minutes=100.0,
+        checkpoint_every_minutes=2.0,
         tree_health_every_steps=0,
+        **budget,
     )
-    job = PretrainJob(str(folder), preset=preset, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN, overwrite=True, train=train)
-    return pretrain_job(job)
+    job = PretrainJob(
+        str(folder),
+        preset=preset,
+        vocab_size=VOCAB_SIZE,
+        seq_len=SEQ_LEN,
+        fff_balance_rate=balance_rate,
+        resume=True,
+        train=train,
+    )
+    load_before = os.getloadavg()[0]
+    final = pretrain_job(job)
+    (folder / "load_average.json").write_text(json.dumps([load_before, os.getloadavg()[0]]) + "\n")
+    return final
 
 
 def tree_health(model_dir: Path, sequences: int = 128) -> list[dict]:
@@ -80,19 +107,23 @@ def samples(model_dir: Path, new_tokens: int) -> list[dict]:
     ]
 
 
-def arm_record(preset: str, out: Path, final: dict, new_tokens: int) -> dict:
-    folder = out / preset
+def arm_record(arm: str, folder: Path, final: dict, new_tokens: int) -> dict:
     records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines()]
-    steps = [record for record in records if "tokens_per_second" in record]
+    rates = sorted(record["tokens_per_second"] for record in records if "tokens_per_second" in record)
     config = UltraFastGPTConfig.from_pretrained(folder / MODEL)
+    load_file = folder / "load_average.json"
     return {
-        "preset": preset,
+        "arm": arm,
+        "preset": ARMS[arm][0],
+        "fff_balance_rate": ARMS[arm][1],
         "name": final["name"],
         "parameters": final["parameters"],
         "ff_neurons_per_token": config.ff_neurons_per_token,
         "steps": final["step"],
         "train_seconds": final["elapsed"],
-        "tokens_per_second_median_step": statistics.median(record["tokens_per_second"] for record in steps),
+        "tokens_per_second_median_step": statistics.median(rates),
+        "tokens_per_second_p10_step": rates[len(rates) // 10],
+        "load_average": json.loads(load_file.read_text()) if load_file.is_file() else None,
         "val_loss": final["val_loss"],
         "val_perplexity": final["val_perplexity"],
         "val_accuracy": final["val_accuracy"],
@@ -101,61 +132,132 @@ def arm_record(preset: str, out: Path, final: dict, new_tokens: int) -> dict:
     }
 
 
-def report_markdown(records: list[dict], command: str) -> str:
+def verdict(records: list[dict]) -> str:
+    """One sentence: how the best tree compares with the narrow layer of its neurons per token and with no FF."""
+    by_arm = {record["arm"]: record for record in records}
+    trees = [by_arm[arm] for arm in ("fff", "fff-balanced") if arm in by_arm]
+    if not trees or "narrow" not in by_arm:
+        return ""
+    best = min(trees, key=lambda record: record["val_loss"])
+    narrow = by_arm["narrow"]
+    difference = best["val_loss"] - narrow["val_loss"]
+    losses = f"({best['val_loss']:.3f} vs {narrow['val_loss']:.3f})"
+    if abs(difference) < 0.02:
+        compared = f"matches the narrow dense layer {losses}"
+    elif difference < 0:
+        compared = f"beats the narrow dense layer by {-difference:.3f} nats {losses}"
+    else:
+        compared = f"trails the narrow dense layer by {difference:.3f} nats {losses}"
+    sentence = f"The better tree (`{best['arm']}`) {compared}"
+    if "dense" in by_arm:
+        dense = by_arm["dense"]
+        sentence += f"; the dense layer reaches {dense['val_loss']:.3f}"
+    if "no-ff" in by_arm:
+        sentence += f", no feedforward {by_arm['no-ff']['val_loss']:.3f}"
+    return sentence + "."
+
+
+def regime_markdown(regime: str, budget: str, records: list[dict]) -> list[str]:
     lines = [
-        "# Tiny causal decoders: dense vs FFF vs narrow dense vs no feedforward",
+        f"## {regime}: {budget} per arm",
         "",
-        f"`{command}`: `tiny-gpt` (4 layers x 128, 4 heads), sequences of {SEQ_LEN}, vocabulary {VOCAB_SIZE}, the "
-        "embedded corpus, one recipe, the same steps; validation on the corpus's held-out split.",
-        "",
-        "| preset | model | FF neurons per token | steps | train s | tokens/s | val loss | val perplexity | "
-        "next-token accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | model | FF neurons per token | steps | train s | tokens/s (median / p10 step) | load before, after | "
+        "val loss | val perplexity | next-token accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
+        load = "" if r["load_average"] is None else ", ".join(f"{value:.1f}" for value in r["load_average"])
         lines.append(
-            f"| `{r['preset']}` | {r['name']} | {r['ff_neurons_per_token']} | {r['steps']} | "
-            f"{r['train_seconds']:.0f} | {r['tokens_per_second_median_step']:,.0f} | {r['val_loss']:.3f} | "
-            f"{r['val_perplexity']:.1f} | {100 * r['val_accuracy']:.1f}% |"
+            f"| `{r['arm']}` | {r['name']} | {r['ff_neurons_per_token']} | {r['steps']} | {r['train_seconds']:.0f} | "
+            f"{r['tokens_per_second_median_step']:,.0f} / {r['tokens_per_second_p10_step']:,.0f} | {load} | "
+            f"{r['val_loss']:.3f} | {r['val_perplexity']:.1f} | {100 * r['val_accuracy']:.1f}% |"
         )
+    lines += ["", verdict(records)]
     for r in records:
         for layer, health in enumerate(r["tree_health"]):
             if layer == 0:
-                lines += ["", f"Tree health of `{r['preset']}` on 128 validation sequences:", ""]
+                lines += ["", f"Tree health of `{r['arm']}` on 128 validation sequences:", ""]
             lines.append(
                 f"- layer {layer}: {100 * health['unvisited_leaf_fraction']:.1f}% of leaves unvisited, leaf entropy "
                 f"{health['leaf_entropy_ratio']:.3f} of uniform, root sends {100 * health['root_left_share']:.1f}% left"
             )
-    lines += ["", "## Samples (greedy; sampled at temperature 0.8, top-k 40, seed 0)", ""]
+    lines += ["", f"### Samples, {regime} (greedy; sampled at temperature 0.8, top-k 40, seed 0)", ""]
     for r in records:
-        lines += [f"### `{r['preset']}`", ""]
+        lines += [f"`{r['arm']}`:", ""]
         for sample in r["samples"]:
             lines += [f"- greedy: {sample['greedy']}", f"- sampled: {sample['sampled']}"]
         lines.append("")
+    return lines
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        "# Tiny causal decoders: dense vs FFF vs narrow dense vs no feedforward",
+        "",
+        f"`{report['command']}` ({report['minutes']:.0f} minutes of this run; {report['cpu']}, {report['threads']} "
+        f"thread(s)): `tiny-gpt` (4 layers x 128, 4 heads), sequences of {SEQ_LEN}, vocabulary {VOCAB_SIZE}, the "
+        "embedded corpus, one recipe (batch ramped 8 -> 16 sequences, peak lr 3e-3, seed 0); validation next-token "
+        "loss on the corpus's held-out split. `fff-balanced` moves its trees' routing offsets by "
+        f"{BALANCE_RATE} a step toward even splits.",
+        "",
+    ]
+    for regime in REGIMES:
+        lines += regime_markdown(regime, report["budgets"][regime], report["regimes"][regime])
     return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output", help="folder: one run folder per arm, report.json, report.md")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per arm")
+    parser.add_argument("output", help="folder: equal-time/ and equal-steps/ with a run folder per arm, report.*")
+    parser.add_argument("--minutes", type=float, default=6.0, help="pretraining minutes per arm (equal time)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per arm (equal steps)")
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES, help="regimes to run now")
     parser.add_argument("--new-tokens", type=int, default=24, help="tokens per sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
-    if args.steps < 1 or args.new_tokens < 1:
-        raise SystemExit("decoder_quality.py: --steps and --new-tokens must be >= 1")
+    if args.steps < 1 or args.new_tokens < 1 or not args.minutes > 0:
+        raise SystemExit("decoder_quality.py: --minutes must be > 0, --steps and --new-tokens >= 1")
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    finals = {preset: pretrain_arm(preset, out, args.steps, args.seed) for preset in ARMS}
-    records = [arm_record(preset, out, finals[preset], args.new_tokens) for preset in ARMS]
-    command = f"python benchmarks/decoder_quality.py {args.output} --steps {args.steps} --threads {args.threads}"
-    report = {"command": command, "minutes": (time.time() - started) / 60, "arms": records}
+    budgets = {"equal-time": {"max_minutes": args.minutes}, "equal-steps": {"max_steps": args.steps}}
+    for regime in args.regimes:  # the regimes asked for now; the report needs both
+        for arm in ARMS:
+            pretrain_arm(arm, out / regime / arm, budgets[regime], args.seed)
+    if not all((out / regime / arm / FINAL).is_file() for regime in REGIMES for arm in ARMS):
+        print("decoder_quality.py: the other regime has not run yet; the report is written when both have")
+        return
+    regimes = {
+        regime: [
+            arm_record(arm, out / regime / arm, json.loads((out / regime / arm / FINAL).read_text()), args.new_tokens)
+            for arm in ARMS
+        ]
+        for regime in REGIMES
+    }
+    command = (
+        f"python benchmarks/decoder_quality.py {args.output} --minutes {args.minutes:g} --steps {args.steps} "
+        f"--threads {args.threads}"
+    )
+    report = {
+        "command": command,
+        "minutes": (time.time() - started) / 60,
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "budgets": {"equal-time": f"{args.minutes:g} minutes", "equal-steps": f"{args.steps} steps"},
+        "regimes": regimes,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(records, command) + "\n")
-    print(report_markdown(records, command))
+    (out / "report.md").write_text(report_markdown(report) + "\n")
+    print(report_markdown(report))
 
 
 if __name__ == "__main__":
