@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -154,6 +153,14 @@ def verdict(records: list[dict]) -> str:
         sentence += f"; the dense layer reaches {dense['val_loss']:.3f}"
     if "no-ff" in by_arm:
         sentence += f", no feedforward {by_arm['no-ff']['val_loss']:.3f}"
+        if "dense" in by_arm and by_arm["no-ff"]["val_loss"] > by_arm["dense"]["val_loss"]:
+            floor, span = by_arm["no-ff"]["val_loss"], by_arm["no-ff"]["val_loss"] - by_arm["dense"]["val_loss"]
+            shares = ", ".join(
+                f"`{arm}` {100 * (floor - by_arm[arm]['val_loss']) / span:.0f}%"
+                for arm in ("fff", "fff-balanced", "narrow")
+                if arm in by_arm
+            )
+            sentence += f". Share of the dense layer's loss reduction over no feedforward: {shares}"
     return sentence + "."
 
 
@@ -165,6 +172,12 @@ def regime_markdown(regime: str, budget: str, records: list[dict]) -> list[str]:
         "val loss | val perplexity | next-token accuracy |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if regime == "equal-time":
+        lines[1:1] = [
+            "",
+            "The arms ran one after another on a shared machine: the load average before and after each, and its "
+            "10th-percentile step rate against its median, show how much other work cost it steps.",
+        ]
     for r in records:
         load = "" if r["load_average"] is None else ", ".join(f"{value:.1f}" for value in r["load_average"])
         lines.append(
@@ -194,8 +207,9 @@ def report_markdown(report: dict) -> str:
     lines = [
         "# Tiny causal decoders: dense vs FFF vs narrow dense vs no feedforward",
         "",
-        f"`{report['command']}` ({report['minutes']:.0f} minutes of this run; {report['cpu']}, {report['threads']} "
-        f"thread(s)): `tiny-gpt` (4 layers x 128, 4 heads), sequences of {SEQ_LEN}, vocabulary {VOCAB_SIZE}, the "
+        f"`{report['command']}` ({report['train_minutes']:.0f} minutes of pretraining in all; {report['cpu']}, "
+        f"{report['threads']} thread(s)): `tiny-gpt` (4 layers x 128, 4 heads), sequences of {SEQ_LEN}, "
+        f"vocabulary {VOCAB_SIZE}, the "
         "embedded corpus, one recipe (batch ramped 8 -> 16 sequences, peak lr 3e-3, seed 0); validation next-token "
         "loss on the corpus's held-out split. `fff-balanced` moves its trees' routing offsets by "
         f"{BALANCE_RATE} a step toward even splits.",
@@ -228,7 +242,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     budgets = {"equal-time": {"max_minutes": args.minutes}, "equal-steps": {"max_steps": args.steps}}
     for regime in args.regimes:  # the regimes asked for now; the report needs both
         for arm in ARMS:
@@ -249,7 +262,7 @@ def main() -> None:
     )
     report = {
         "command": command,
-        "minutes": (time.time() - started) / 60,
+        "train_minutes": sum(record["train_seconds"] for records in regimes.values() for record in records) / 60,
         "cpu": cpu_name(),
         "threads": args.threads,
         "budgets": {"equal-time": f"{args.minutes:g} minutes", "equal-steps": f"{args.steps} steps"},
