@@ -543,6 +543,36 @@ def test_grouped_with_every_neuron_active_is_the_dense_model(tmp_path: Path) -> 
     assert record["embedding"]["cosine_mean"] > 0.9999
 
 
+def test_grouped_recovery_distillation_closes_the_distance_moving_only_leaves_and_biases(
+    grouped_converted, tmp_path: Path
+) -> None:
+    from ultrafastbert.fffify.distill import hidden_state_distance, tokenize
+
+    root = grouped_converted["root"]
+    config = grouped(corpus=(str(grouped_converted["texts"]),), e2e_steps=40, e2e_batch=8)
+    record = fffify_job(root / "bert", tmp_path / "out", config, cache_dir=root / "cache", show_progress=False)
+    end_to_end = record["end_to_end"]
+    assert end_to_end["steps"] == 40 and record["seconds"]["end_to_end"] > 0
+    # held-out texts, not the ones distilled on: the converted model came closer to the dense one there
+    assert end_to_end["heldout_distance_after"] < 0.8 * end_to_end["heldout_distance_before"], end_to_end
+    ours = AutoModel.from_pretrained(tmp_path / "out").state_dict()
+    before = AutoModel.from_pretrained(root / "out").state_dict()  # the same conversion without the stage
+    for name, value in grouped_converted["dense"].state_dict().items():
+        if not FF_PARAMETER.search(name):
+            assert torch.equal(ours[name], value), name
+    for name, value in before.items():
+        if ".intermediate.fff.router_" in name:  # hard routing passes no gradient: the fitted routing is kept
+            assert torch.equal(ours[name], value), name
+        elif ".intermediate.fff." in name or name.endswith(".output.bias"):
+            assert not torch.equal(ours[name], value), name  # the leaves, shared leaf and biases were trained
+        else:
+            assert torch.equal(ours[name], value), name
+    tokenizer = BertTokenizer.from_pretrained(root / "bert")
+    texts = grouped_converted["texts"].read_text().split("\n\n")[:20]
+    dense = grouped_converted["dense"]
+    assert hidden_state_distance(dense, dense, tokenize(tokenizer, texts, 24)) == 0.0
+
+
 @pytest.mark.slow
 def test_a_grouped_folder_loads_without_the_package(grouped_converted, tmp_path: Path) -> None:
     folder = grouped_converted["root"] / "out"

@@ -60,7 +60,11 @@ class FffifyConfig:
         default=2048, metadata={"help": "tokens per layer-wise distillation step", "check": positive}
     )
     e2e_steps: int = field(
-        default=0, metadata={"help": "end-to-end distillation steps on the final hidden states (0: none)"}
+        default=0,
+        metadata={
+            "help": "end-to-end distillation steps on the final hidden states (0: none); grouped: a recovery stage "
+            "training the leaves, the shared leaf and the biases under the fitted routing"
+        },
     )
     e2e_lr: float = field(
         default=1e-4, metadata={"help": "learning rate of the end-to-end distillation", "check": positive}

@@ -169,6 +169,35 @@ def mean_pooled(model: nn.Module, data: Batches, batch_size: int = 64) -> Tensor
     return torch.cat(pooled)
 
 
+def end_to_end_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What end-to-end distillation trains: every FFF's parameters and each layer's output bias, except a grouped
+    layer's routing nodes (``router_*``: their hard decisions pass no gradient, so they keep the routing the
+    conversion fitted; the leaves, the shared leaf and the biases move under it)."""
+    return [
+        parameter
+        for name, parameter in model.named_parameters()
+        if (".intermediate.fff." in name and ".intermediate.fff.router_" not in name)
+        or (name.endswith(".output.bias") and ".layer." in name)
+    ]
+
+
+@torch.no_grad()
+def hidden_state_distance(student: nn.Module, teacher: nn.Module, data: Batches, batch_size: int = 64) -> float:
+    """The end-to-end objective on ``data``: mean squared error of ``student``'s final hidden states against
+    ``teacher``'s over real tokens, over the teacher's per-feature variance (0: identical; 1: as far as predicting
+    the teacher's mean state)."""
+    student_encoder, teacher_encoder = getattr(student, "bert", student), getattr(teacher, "bert", teacher)
+    errors, targets = [], []
+    for start in range(0, len(data), batch_size):
+        batch = data.slice(start, start + batch_size)
+        mask = batch["attention_mask"].bool()
+        target = teacher_encoder(**batch).last_hidden_state[mask]  # (T, H)
+        errors.append((student_encoder(**batch).last_hidden_state[mask] - target).square().sum(0))
+        targets.append(target)
+    target = torch.cat(targets)
+    return float(torch.stack(errors).sum(0).sum() / target.shape[0] / target.var(0).sum())
+
+
 def distill_end_to_end(
     student: nn.Module,
     teacher: nn.Module,
@@ -181,13 +210,10 @@ def distill_end_to_end(
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> int:
-    """Train the FFFs and output biases of ``student`` (all else frozen) so its final hidden states match
-    ``teacher``'s on real tokens (mean squared error over the teacher's variance). Returns the steps run."""
-    trainable = [
-        parameter
-        for name, parameter in student.named_parameters()
-        if ".intermediate.fff." in name or name.endswith(".output.bias") and ".layer." in name
-    ]
+    """Train the feedforwards of ``student`` (``end_to_end_parameters``; all else frozen) so its final hidden
+    states match ``teacher``'s on real tokens (mean squared error over the teacher's variance). Returns the steps
+    run."""
+    trainable = end_to_end_parameters(student)
     frozen = {name: parameter.requires_grad for name, parameter in student.named_parameters()}
     for parameter in student.parameters():
         parameter.requires_grad_(False)

@@ -31,6 +31,7 @@ from .distill import (
     capture,
     distill_end_to_end,
     distill_layer,
+    hidden_state_distance,
     layer_r_squared,
     mean_pooled,
     texts_for_tokens,
@@ -258,6 +259,7 @@ def _convert(
     end_to_end = None
     if config.e2e_steps:
         clock = time.monotonic()
+        distance_before = hidden_state_distance(model, dense, heldout)
         deadline = None if budget is None else distill_started + budget
         losses: list[float] = []
         steps = distill_end_to_end(
@@ -272,10 +274,18 @@ def _convert(
             show_progress,
             on_step=lambda _step, loss: losses.append(loss),
         )
+        distance_after = hidden_state_distance(model, dense, heldout)
         seconds["end_to_end"] = round(time.monotonic() - clock, 1)
         for entry, layer, (Xh, Yh) in zip(per_layer, layers, heldout_pairs, strict=True):
             entry["r2_heldout_after_e2e"] = layer_r_squared(layer.intermediate.fff, layer.output.bias, Xh, Yh)
-        end_to_end = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
+        end_to_end = {
+            "steps": steps,
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            # the same objective on the held-out texts, before and after: the distance the stage closed there
+            "heldout_distance_before": distance_before,
+            "heldout_distance_after": distance_after,
+        }
 
     clock = time.monotonic()
     fidelity = embedding_fidelity(dense, model, sentences, data.dense_embeddings)
