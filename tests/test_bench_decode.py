@@ -137,6 +137,37 @@ def test_gpt3_check_passes_the_kernel_and_refuses_a_wrong_layer():
         gpt3.check_fff(layer, x)
 
 
+def _run(report: dict) -> dict:
+    """The conditions of the run that wrote ``report``, as its JSON holds them."""
+    return json.loads(json.dumps({key: report[key] for key in ("machine", "load_average", "seconds", "config")}))
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the GPT-3 layer times the compiled kernel")
+def test_a_part_left_out_keeps_its_records_from_the_report_there(tmp_path):
+    output = tmp_path / "decode"
+    decoding = run_decode_benchmark(DecodeBenchConfig(preset="smoke", threads=1, gpt3_layer=False), output=output)
+    assert decoding["records"] and all("context" in r for r in decoding["records"])
+    both = run_decode_benchmark(DecodeBenchConfig(preset="smoke", threads=1, decoding=False), output=output)
+    saved = json.loads((output / "report.json").read_text())
+    assert saved["records"] == both["records"]
+    assert [r for r in saved["records"] if "context" in r] == decoding["records"]
+    layer = [r for r in saved["records"] if "context" not in r]
+    assert {r["model"] for r in layer} == {"gpt3-dense", "gpt3-fff", "memory-read"}
+    assert saved["runs"] == {"decoding": _run(decoding), "gpt3": _run(both)}
+    assert saved["fff_default_vs_reference_relative_error"] == decoding["fff_default_vs_reference_relative_error"]
+    text = (output / "report.md").read_text()
+    assert "The decoding tables are kept from an earlier run" in text
+    assert "--no-gpt3-layer" in text and "--no-decoding" in text
+    # the decoding alone again: its records replaced, the GPT-3 layer's kept
+    again = run_decode_benchmark(
+        DecodeBenchConfig(preset="smoke", threads=1, gpt3_layer=False, contexts=(8,)), output=output
+    )
+    assert [r for r in again["records"] if "context" not in r] == layer
+    assert {r["context"] for r in again["records"] if "context" in r} == {8}
+    assert json.loads(json.dumps(again["runs"])) == {"decoding": _run(again), "gpt3": _run(both)}
+    assert "The GPT-3 layer's figures are kept from an earlier run" in (output / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -147,6 +178,7 @@ def test_gpt3_check_passes_the_kernel_and_refuses_a_wrong_layer():
         (["--batches", "-1"], "--batches: must be > 0"),
         (["--models", "fff", "fff"], "named twice"),
         (["--preset", "gpt9"], "invalid choice: 'gpt9'"),
+        (["--no-decoding", "--no-gpt3-layer"], "leave nothing to run"),
     ],
 )
 def test_bad_settings_are_one_line_errors_before_any_work(tmp_path, capsys, flags, message):

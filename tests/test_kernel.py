@@ -152,6 +152,52 @@ def test_a_token_gets_the_same_bits_alone_as_in_any_batch():
     assert torch.equal(single_thread, batch)
 
 
+# One token takes its own walk (forward.cpp, walk_one_token): rows of at most 32 KB (kSpeculateRowBytes) fetch both
+# children ahead, wider rows start the chosen child's pages; the cases take both branches, one tree and several.
+ONE_TOKEN_CASES = [
+    (0, 1, 1, torch.float32),
+    (0, 3, 17, torch.bfloat16),
+    (5, 2, 33, torch.float32),
+    (7, 1, 768, torch.bfloat16),
+    (3, 2, 8209, torch.float32),  # 32.8 KB rows: not fetched ahead
+    (2, 1, 12288, torch.bfloat16),  # the GPT-3 layer's width, 24 KB rows: fetched ahead
+    (2, 3, 16411, torch.bfloat16),  # 32.8 KB rows
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("depth,trees,width,dtype", ONE_TOKEN_CASES)
+def test_one_token_walk_matches_reference(depth, trees, width, dtype):
+    layer = random_layer(width, depth, trees, dtype=dtype, seed=width + depth)
+    assert_kernel_matches_reference(layer, random_input((1, width), dtype=dtype, seed=depth))
+
+
+@needs_kernel
+@settings(max_examples=20, deadline=None)
+@given(shape=kernel_shapes(), dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16))
+def test_one_token_walk_matches_reference_on_random_shapes(shape, dtype, seed):
+    depth, trees, width, _ = shape
+    layer = random_layer(width, depth, trees, dtype=dtype, seed=seed)
+    assert_kernel_matches_reference(layer, random_input((1, width), dtype=dtype, seed=seed + 1))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width,depth,trees", [(33, 6, 3), (8209, 3, 2)])
+def test_one_token_walk_gives_the_batch_bits(width, depth, trees, dtype):
+    """The one-token walk sums every logit and output row in the batch walk's order, routing offsets included."""
+    weight_in, bias_in, weight_out_t = random_weights(width, depth, trees, dtype, seed=width)
+    offset = torch.randn(weight_in.shape[0], generator=torch.Generator().manual_seed(3)) * 0.1
+    x = random_input((9, width), dtype=dtype)
+    batch = ops.fff_forward(x, weight_in, bias_in, weight_out_t, depth, trees, offset)
+    for token in (0, 8):
+        alone = ops.fff_forward(x[token : token + 1], weight_in, bias_in, weight_out_t, depth, trees, offset)
+        for got, expected in zip(alone, batch, strict=True):
+            assert torch.equal(got[0], expected[token])
+        inferred = ops.fff_infer(x[token : token + 1], weight_in, bias_in, weight_out_t, depth, trees, offset)
+        assert torch.equal(inferred[0], batch[0][token])
+
+
 @needs_kernel
 def test_outputs_are_not_overwritten_by_later_calls():
     """Large outputs come from a buffer pool; a buffer is reused only once its tensor is gone."""

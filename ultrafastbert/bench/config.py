@@ -165,9 +165,15 @@ class DecodeBenchConfig:
     share_repeats: int = field(
         default=1, metadata={"check": positive, "help": "decoding calls per model timed with hooks for the shares"}
     )
-    gpt3_layer: bool = field(
-        default=True, metadata={"flag": "--no-gpt3-layer", "help": "leave out the GPT-3 feedforward layer"}
+    decoding: bool = field(
+        default=True,
+        metadata={"help": "leave out the decoding runs (the report in --output keeps the decoding records it holds)"},
     )
+    gpt3_layer: bool = field(
+        default=True,
+        metadata={"flag": "--no-gpt3-layer", "help": "leave out the GPT-3 feedforward layer (the report in --output "
+                  "keeps the GPT-3 records it holds)"},
+    )  # fmt: skip
     gpt3_tokens: tuple[int, ...] = field(
         default=(1, 16), metadata={"check": positive, "help": "GPT-3 layer: tokens per call"}
     )
@@ -200,6 +206,8 @@ class DecodeBenchConfig:
                 if getattr(self, name) == defaults[name]:
                     setattr(self, name, value)
         check_fields(self)
+        if not (self.decoding or self.gpt3_layer):
+            raise ValueError("--no-decoding and --no-gpt3-layer leave nothing to run")
         if not 0 <= self.gpt3_depth <= 20:
             raise ValueError(f"gpt3_depth must lie in [0, 20], got {self.gpt3_depth}")
 

@@ -312,7 +312,9 @@ def _progress_line(m: DecodeMeasurement) -> str:
 
 
 def run_decode_benchmark(config: DecodeBenchConfig, output: str | Path | None = None) -> dict:
-    """The decoding runs and the GPT-3 layer; writes ``<output>/report.json`` and ``report.md``."""
+    """The decoding runs and the GPT-3 layer (each unless left out); writes ``<output>/report.json`` and
+    ``report.md``. A part left out keeps its records from the report already in ``output``, if any, with the
+    conditions of the run that measured them (``runs``)."""
     check_config(config)
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
@@ -320,8 +322,10 @@ def run_decode_benchmark(config: DecodeBenchConfig, output: str | Path | None = 
     load_before = os.getloadavg()
     started = time.perf_counter()
     try:
-        print(f"decoding: {config.decoder_size} models {list(config.models)}", flush=True)
-        decoding, checks = run_decoding(config)
+        decoding, checks = [], {}
+        if config.decoding:
+            print(f"decoding: {config.decoder_size} models {list(config.models)}", flush=True)
+            decoding, checks = run_decoding(config)
         layer, bandwidth, routed = [], [], {}
         if config.gpt3_layer:
             print("GPT-3 feedforward layer", flush=True)
@@ -344,23 +348,29 @@ def run_decode_benchmark(config: DecodeBenchConfig, output: str | Path | None = 
             {"model": "memory-read", "bandwidth_gb_s": best.best_gb_s, "buffer_bytes": best.buffer_bytes,
              "threads": best.threads, "method": "torch.sum over a float32 buffer, fastest round"}
         )  # fmt: skip
-    report = {
-        "benchmark": "decode",
+    run = {
         "machine": machine,
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "seconds": time.perf_counter() - started,
-        "timing": TIMING_METHOD,
         "config": asdict(config),
+    }
+    report = {
+        "benchmark": "decode",
+        **run,
+        "timing": TIMING_METHOD,
         "fff_default_vs_reference_relative_error": checks,
         "gpt3_fff_routed_otherwise_than_reference": routed,
         "bandwidth_groups": [asdict(b) for b in bandwidth],
         "records": records,
+        "runs": {part: run for part, ran in (("decoding", config.decoding), ("gpt3", config.gpt3_layer)) if ran},
     }
+    folder = Path(output) if output is not None else None
+    if folder is not None and (folder / "report.json").is_file():
+        report = keep_parts_not_run(report, json.loads((folder / "report.json").read_text()))
     text = format_report(report)
     print()
     print(text)
-    if output is not None:
-        folder = Path(output)
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (folder / "report.md").write_text(text + "\n")
@@ -368,22 +378,53 @@ def run_decode_benchmark(config: DecodeBenchConfig, output: str | Path | None = 
     return report
 
 
+# The report's fields that belong to one part, besides its records and its run.
+PART_FIELDS = {
+    "decoding": ("fff_default_vs_reference_relative_error",),
+    "gpt3": ("gpt3_fff_routed_otherwise_than_reference", "bandwidth_groups"),
+}
+
+
+def record_part(record: dict) -> str:
+    """``decoding`` or ``gpt3``: the part of the benchmark that measured ``record``."""
+    return "decoding" if "context" in record else "gpt3"
+
+
+def keep_parts_not_run(report: dict, previous: dict) -> dict:
+    """``report`` with the records, fields and run conditions of every part it did not run taken from
+    ``previous`` (a report of an earlier run; one written before reports had ``runs`` ran every part it holds,
+    under its top-level conditions)."""
+    merged = dict(report)
+    runs = dict(report["runs"])
+    kept = [part for part in PART_FIELDS if part not in runs]
+    for part in kept:
+        if not any(record_part(r) == part for r in previous["records"]):
+            continue
+        runs[part] = previous.get("runs", {}).get(part) or {
+            key: previous[key] for key in ("machine", "load_average", "seconds", "config")
+        }
+        for key in PART_FIELDS[part]:
+            merged[key] = previous.get(key, merged[key])
+    merged["runs"] = {part: runs[part] for part in PART_FIELDS if part in runs}
+    merged["records"] = [
+        r for part in PART_FIELDS for r in (report if part in report["runs"] else previous)["records"]
+        if record_part(r) == part and part in runs
+    ]  # fmt: skip
+    return merged
+
+
 def format_report(report: dict) -> str:
     """The Markdown report: machine and load, decoding tables, shares, the GPT-3 layer against its floors."""
-    machine, load, config = report["machine"], report["load_average"], report["config"]
     records = report["records"]
     decode = [r for r in records if "context" in r]
-    lines = [
-        "# Decoding benchmark",
-        "",
-        f"Machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['logical_cores']} logical cores, "
-        f"{machine['torch_threads']} torch threads, torch {machine['torch']}, {machine['date']}. Load average "
-        f"(1/5/15 min) before {_load(load['before'])}, after {_load(load['after'])}; the run took "
-        f"{report['seconds'] / 60:.1f} min.",
-        "",
-        f"Command: `{('ultrafastbert bench decode ' + _command_flags(config)).strip()}`",
-        "",
-    ]
+    current = {key: report[key] for key in ("machine", "load_average", "seconds", "config")}
+    runs = report.get("runs", {})
+    lines = ["# Decoding benchmark", "", *_run_lines(current), ""]
+    for part, run in runs.items():
+        if run != current:
+            title = {"decoding": "The decoding tables", "gpt3": "The GPT-3 layer's figures"}[part]
+            lines += [f"{title} are kept from an earlier run, as measured then:", "", *_run_lines(run), ""]
+    config = runs.get("decoding", current)["config"]
     if decode:
         lines += [
             f"## Decoding ({config['preset']} shape, {config['new_tokens']} new tokens per call, greedy, KV cache)",
@@ -417,6 +458,7 @@ def format_report(report: dict) -> str:
     layer = [r for r in records if r["model"] in ("gpt3-dense", "gpt3-fff")]
     bandwidth = [r for r in records if "bandwidth_gb_s" in r]
     lines += _summary(decode, layer)
+    config = runs.get("gpt3", current)["config"]
     if layer:
         lines += [
             "",
@@ -449,6 +491,19 @@ def format_report(report: dict) -> str:
                 f"{_times(dense['floor_ms'] / r['ms'])} against the dense floor"
             )
     return "\n".join(lines)
+
+
+def _run_lines(run: dict) -> list[str]:
+    """The machine, load and command of one run of the benchmark."""
+    machine, load = run["machine"], run["load_average"]
+    return [
+        f"Machine: {machine['cpu']} ({machine['cpu_capability']}), {machine['logical_cores']} logical cores, "
+        f"{machine['torch_threads']} torch threads, torch {machine['torch']}, {machine['date']}. Load average "
+        f"(1/5/15 min) before {_load(load['before'])}, after {_load(load['after'])}; the run took "
+        f"{run['seconds'] / 60:.1f} min.",
+        "",
+        f"Command: `{('ultrafastbert bench decode ' + _command_flags(run['config'])).strip()}`",
+    ]
 
 
 def _gpt3_pairs(layer: list[dict]) -> list[tuple[dict, dict]]:
@@ -515,11 +570,15 @@ def _command_flags(config: dict) -> str:
     defaults = asdict(DecodeBenchConfig())
     parts = []
     for name, value in config.items():
-        if value == defaults[name] or (isinstance(value, list) and tuple(value) == defaults[name]):
+        if (
+            name not in defaults
+            or value == defaults[name]
+            or (isinstance(value, list) and tuple(value) == defaults[name])
+        ):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            parts.append("--no-gpt3-layer" if name == "gpt3_layer" and not value else flag)
+            parts.append({"gpt3_layer": "--no-gpt3-layer", "decoding": "--no-decoding"}.get(name, flag))
         elif isinstance(value, (list, tuple)):
             parts.append(f"{flag} {' '.join(map(str, value))}")
         else:

@@ -12,8 +12,13 @@ slows both alike. The probe's fastest round is the read rate: on a shared machin
 its median measures the other processes, not the memory. The tree is called through its module on the inference
 hot path (``impl="kernel"``, the compiled C++ kernel), checked against the masking reference before it is timed,
 in three cache states (``CACHE_STATES``): on a new random input every call (its deep rows not in cache), the same
-with every cache flushed first, and on one input again and again (its rows in cache), which separates the time its
-memory reads take from the rest.
+with every cache flushed first, and on an input it has just been called on (its rows in cache), which separates
+the time its memory reads take from the rest.
+
+The rounds keep the candidates' cyclic order, so what runs just before a call is the same in every round. The
+probe evicts every cache as it reads, the code and the interpreter's objects too, so it is placed just before the
+flushed calls, which flush anyway: a fresh call follows a call of the same layer on another input, as a layer's
+call in decoding follows the other layers' calls (which leave the code in cache, not this layer's rows).
 """
 
 from __future__ import annotations
@@ -169,10 +174,11 @@ class _Cycle:
         self.current = next(self._inputs)
 
 
-# How the caches stand when a layer call starts. "fresh": a new input (another path through the tree); the rows the
-# inputs of the pool share (the tree's top levels) may be in cache, as in decoding. "flushed": a new input and
-# every cache flushed first (the whole process's, code and Python objects included: a pessimistic bound). "warm":
-# the same input again, its rows in cache (an optimistic bound: what is left when memory costs nothing).
+# How the caches stand when a layer call starts. "fresh": a new input (another path through the tree), just after
+# a call of the same layer on another input: the code is in cache, and of the rows only those the two paths share
+# (the tree's top levels). "flushed": a new input and every cache flushed first (the whole process's, code and
+# Python objects included: a pessimistic bound). "warm": the input of the call just before (made untimed), its rows
+# in cache (an optimistic bound: what is left when memory costs nothing).
 CACHE_STATES = ("fresh", "flushed", "warm")
 
 
@@ -188,26 +194,34 @@ def time_layer(
     pool: int = INPUT_POOL,
 ) -> tuple[dict[tuple[int, str], Timing], Timing, dict[int, list[Tensor]]]:
     """Time ``layer`` at every token count in every cache state of ``states`` (``CACHE_STATES``) and the bandwidth
-    probe (``probe.sum()``) together in interleaved rounds; the next input is taken and the caches flushed (by
-    reading ``flush``) before a call, untimed. Returns the layer's timings per (token count, state), the probe's,
-    and the inputs."""
+    probe (``probe.sum()``) together in interleaved rounds; before a call, untimed, the next input is taken and the
+    caches flushed (by reading ``flush``), or for a warm call the layer is called on its input. Returns the layer's
+    timings per (token count, state), the probe's, and the inputs."""
     inputs = {count: [torch.randn(count, layer_width(layer), dtype=dtype) for _ in range(pool)] for count in tokens}
     cycles = {(count, state): _Cycle(inputs[count]) for count in tokens for state in states}
 
     def prepare(cycle: _Cycle, state: str) -> None:
-        if state != "warm":
-            cycle.advance()
+        if state == "warm":
+            layer(cycle.current)
+            return
+        cycle.advance()
         if state == "flushed":
             flush.sum()
 
     def call(cycle: _Cycle) -> Tensor:
         return layer(cycle.current)
 
-    calls = [
-        TimedCall(f"{name} {count} {state}", functools.partial(call, cycle), functools.partial(prepare, cycle, state))
-        for (count, state), cycle in cycles.items()
-    ]
-    calls.append(TimedCall("bandwidth probe", probe.sum))
+    def timed_call(count: int, state: str) -> TimedCall:
+        cycle = cycles[(count, state)]
+        return TimedCall(
+            f"{name} {count} {state}", functools.partial(call, cycle), functools.partial(prepare, cycle, state)
+        )
+
+    # Cyclic order (module docstring): fresh and warm calls, the probe, then the flushed calls, the fewest tokens
+    # last, so that the first fresh call (the fewest tokens) follows a flushed call with as few.
+    unflushed = [timed_call(count, state) for state in states if state != "flushed" for count in sorted(tokens)]
+    flushed = [timed_call(count, "flushed") for count in sorted(tokens, reverse=True)] if "flushed" in states else []
+    calls = [*unflushed, TimedCall("bandwidth probe", probe.sum), *flushed]
     with torch.inference_mode():
         timings = time_interleaved(calls, rounds)
     layer_timings = {(count, state): timings[f"{name} {count} {state}"] for count, state in cycles}

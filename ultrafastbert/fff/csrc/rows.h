@@ -74,6 +74,53 @@ inline void dot_own_rows(const X* const* x, const W* const* w, int64_t width, fl
   }
 }
 
+constexpr int64_t kLineBytes = 64;    // one cache line
+constexpr int64_t kPageBytes = 4096;  // one base page: the unit of a TLB entry and of the hardware prefetchers
+
+// Software prefetch of the line holding p (into every cache level).
+inline void prefetch_line(const void* p) { __builtin_prefetch(p, 0, 3); }
+
+// Prefetches the first two lines of every page of row [p, p + bytes) and its last line: enough to start the
+// hardware prefetchers and the page walks of the whole row at once, at a few dozen instructions.
+inline void prefetch_page_heads(const void* p, int64_t bytes) {
+  const char* row = static_cast<const char*>(p);
+  for (int64_t offset = 0; offset < bytes; offset += kPageBytes) {
+    prefetch_line(row + offset);
+    prefetch_line(row + offset + kLineBytes);
+  }
+  prefetch_line(row + bytes - 1);
+}
+
+// x . w, summed as dot_block<1> sums it (bit for bit), while the lines of the P rows `ahead` are prefetched at
+// the pace the loop reads w: the rows that may be needed next arrive while this one is being read.
+template <int P, typename X, typename W>
+inline float dot_fetching_ahead(const X* x, const W* w, int64_t width, const W* const* ahead) {
+  constexpr int64_t step = 2 * kLanes;
+  constexpr int64_t step_bytes = step * static_cast<int64_t>(sizeof(W));
+  vfloat even{};
+  vfloat odd{};
+  int64_t h = 0;
+  for (; h + step <= width; h += step) {
+    for (int a = 0; a < P; ++a) {
+      const char* line = reinterpret_cast<const char*>(ahead[a] + h);
+      if constexpr (step_bytes >= kLineBytes) {
+        for (int64_t b = 0; b < step_bytes; b += kLineBytes) prefetch_line(line + b);
+      } else if ((h * static_cast<int64_t>(sizeof(W))) % kLineBytes == 0) {
+        prefetch_line(line);
+      }
+    }
+    even += load(x + h) * load(w + h);
+    odd += load(x + h + kLanes) * load(w + h + kLanes);
+  }
+  if (h + kLanes <= width) {
+    even += load(x + h) * load(w + h);
+    h += kLanes;
+  }
+  float s = horizontal_sum(even + odd);
+  for (int64_t i = h; i < width; ++i) s += to_float(x[i]) * to_float(w[i]);
+  return s;
+}
+
 // Dot products of `count` tokens (rows x[i]) with one shared weight row, kMaxBlock tokens per pass.
 template <typename X, typename W>
 inline void dot_shared_rows(const X* const* x, int64_t count, const W* w, int64_t width, float* z) {
