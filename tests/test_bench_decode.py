@@ -137,6 +137,27 @@ def test_gpt3_check_passes_the_kernel_and_refuses_a_wrong_layer():
         gpt3.check_fff(layer, x)
 
 
+@pytest.mark.skipif(not kernels.available(), reason="the GPT-3 layer times the compiled kernel")
+def test_a_fresh_call_never_takes_the_input_of_the_call_before(monkeypatch):
+    """Each cache state cycles through inputs of its own: a fresh call on the input the flushed call before it had
+    just walked would find its rows in cache."""
+    layer = gpt3.fff_layer(gpt3.Gpt3Shape(width=16, hidden=64, depth=3), torch.float32)
+    seen = []
+    forward = layer.forward
+
+    def recording_forward(x, **kwargs):
+        seen.append(x)
+        return forward(x, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", recording_forward)
+    probe, flush = torch.randn(64), torch.randn(64)
+    rounds = gpt3.Rounds(repeats=14, warmup=1)
+    _, _, inputs = gpt3.time_layer("fff", layer, (1, 2), torch.float32, probe, flush, rounds, gpt3.CACHE_STATES, 4)
+    fresh = {id(x) for count in (1, 2) for x in inputs[(count, "fresh")]}
+    assert sum(id(x) in fresh for x in seen) == 2 * (14 + 1)
+    assert not any(id(x) in fresh and x is before for before, x in zip(seen, seen[1:], strict=False))
+
+
 def _run(report: dict) -> dict:
     """The conditions of the run that wrote ``report``, as its JSON holds them."""
     return json.loads(json.dumps({key: report[key] for key in ("machine", "load_average", "seconds", "config")}))

@@ -34,8 +34,8 @@ from ..fff import FFF, kernels, nodes_per_tree
 from ..fff.reference import compute_dtype, visited_nodes_from_logits
 from .timing import Rounds, TimedCall, Timing, time_interleaved
 
-# Fresh inputs per token count, cycled through by the timed calls: more than the rounds a group usually runs, so
-# that consecutive calls take different paths through the tree.
+# Fresh inputs per token count and cache state, cycled through by the timed calls: more than the rounds a group
+# usually runs, so that consecutive calls take different paths through the tree.
 INPUT_POOL = 64
 # Bytes read (untimed) before a "flushed" call, to evict the previous call's rows from every cache level.
 FLUSH_BYTES = 256 * 2**20
@@ -192,13 +192,19 @@ def time_layer(
     rounds: Rounds,
     states: tuple[str, ...] = ("fresh",),
     pool: int = INPUT_POOL,
-) -> tuple[dict[tuple[int, str], Timing], Timing, dict[int, list[Tensor]]]:
+) -> tuple[dict[tuple[int, str], Timing], Timing, dict[tuple[int, str], list[Tensor]]]:
     """Time ``layer`` at every token count in every cache state of ``states`` (``CACHE_STATES``) and the bandwidth
     probe (``probe.sum()``) together in interleaved rounds; before a call, untimed, the next input is taken and the
     caches flushed (by reading ``flush``), or for a warm call the layer is called on its input. Returns the layer's
-    timings per (token count, state), the probe's, and the inputs."""
-    inputs = {count: [torch.randn(count, layer_width(layer), dtype=dtype) for _ in range(pool)] for count in tokens}
-    cycles = {(count, state): _Cycle(inputs[count]) for count in tokens for state in states}
+    timings per (token count, state), the probe's, and the inputs of each. Every (token count, state) has inputs of
+    its own: cycled in step through one list, a fresh call would take the input the flushed call before it just
+    took, with all its rows in cache."""
+    inputs = {
+        (count, state): [torch.randn(count, layer_width(layer), dtype=dtype) for _ in range(pool)]
+        for count in tokens
+        for state in states
+    }
+    cycles = {key: _Cycle(pool_inputs) for key, pool_inputs in inputs.items()}
 
     def prepare(cycle: _Cycle, state: str) -> None:
         if state == "warm":
@@ -263,7 +269,9 @@ def run_gpt3_layer(
             timings, probe_timing, inputs = time_layer(model, layer, tokens, dtype, probe, flush, rounds, states)
             for (count, caches), timing in timings.items():
                 weight_bytes = (
-                    distinct_row_bytes(layer, inputs[count]) if isinstance(layer, FFF) else _parameter_bytes(layer)
+                    distinct_row_bytes(layer, inputs[(count, caches)])
+                    if isinstance(layer, FFF)
+                    else _parameter_bytes(layer)
                 )
                 measurements.append(
                     Gpt3LayerMeasurement(model, count, dtype_name, caches, timing.median_s * 1e3, timing.min_s * 1e3,

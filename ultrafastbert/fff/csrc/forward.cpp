@@ -12,6 +12,8 @@
 // Large batches split the levels into segments whose subtree rows fit in L2: every token walks the top
 // segment, then the tokens are bucketed by the subtree they entered, and each subtree is walked by all of its
 // tokens together while its rows stay in cache.
+//
+// A single token (batch-1 decoding) walks on its own (walk_one_token), prefetching the rows it will need next.
 
 #include <ATen/Parallel.h>
 
@@ -279,10 +281,10 @@ void combine_group(const Forward<T>& f, int64_t k, const int64_t* tokens, int64_
 // fetches. Two measures keep memory busy along the chain: the output row of each visited node is started when
 // the node is reached (the combine reads it only after the walk), and the next input row as soon as it is known;
 // rows of at most kSpeculateRowBytes are not waited for at all: both children's rows are fetched during the
-// parent's dot product, one of them in vain. Measured at GPT-3 width (12288, depth 15, one thread, rows not in
-// cache): both children fetched ahead made bfloat16 rows (24 KB) about 15% faster and float32 rows (48 KB)
-// about 8% slower (then it is the bandwidth the wasted rows take that limits); starting each page of the next
-// row at once made float32 about 15% faster.
+// parent's dot product, one of them in vain. At GPT-3 width (12288, depth 15, one thread, rows not in cache)
+// fetching both children ahead made bfloat16 rows (24 KB) about 15% faster and float32 rows (48 KB) about 10%
+// slower (four rows a level then reach the memory's bandwidth); starting every page of the next row at once made
+// float32 about 10% faster (csrc/README.md, "What was tried").
 constexpr int64_t kSpeculateRowBytes = 32 << 10;
 
 // The walk of token 0 through tree k, recording its path; the combine (combine_group) follows.
