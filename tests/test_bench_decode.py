@@ -10,7 +10,13 @@ import torch
 
 from ultrafastbert.bench import gpt3
 from ultrafastbert.bench.config import DECODE_MODELS, DecodeBenchConfig
-from ultrafastbert.bench.decode import _Decoder, build_models, run_decode_benchmark, weight_bytes_per_step
+from ultrafastbert.bench.decode import (
+    _Decoder,
+    _target_lines,
+    build_models,
+    run_decode_benchmark,
+    weight_bytes_per_step,
+)
 from ultrafastbert.cli import main
 from ultrafastbert.fff import fff_reference, kernels
 
@@ -156,6 +162,25 @@ def test_a_fresh_call_never_takes_the_input_of_the_call_before(monkeypatch):
     fresh = {id(x) for count in (1, 2) for x in inputs[(count, "fresh")]}
     assert sum(id(x) in fresh for x in seen) == 2 * (14 + 1)
     assert not any(id(x) in fresh and x is before for before, x in zip(seen, seen[1:], strict=False))
+
+
+def test_the_report_says_whether_one_token_meets_the_target_and_how_far_the_tree_is_from_its_floor():
+    def record(model, dtype, caches, ms, floor_ms):
+        return {"model": model, "tokens": 1, "dtype": dtype, "caches": caches, "ms": ms, "floor_ms": floor_ms,
+                "time_over_floor": ms / floor_ms, "weight_bytes": 1_570_000}  # fmt: skip
+
+    layer = [
+        record("gpt3-dense", "float32", "fresh", 150.0, 120.0),
+        record("gpt3-fff", "float32", "fresh", 0.1, 0.04),
+        record("gpt3-fff", "float32", "warm", 0.05, 0.04),
+        record("gpt3-dense", "bfloat16", "fresh", 100.0, 60.0),
+        record("gpt3-fff", "bfloat16", "fresh", 0.08, 0.02),
+    ]
+    lines = "\n".join(_target_lines(layer, depth=15))
+    assert "- float32: 1,200x meets the 1,000x target, which needs 120.0 us per token" in lines
+    assert "2.5x its own floor" in lines and "with its rows in cache it takes 50.0 us" in lines
+    assert "- bfloat16: 750x misses the 1,000x target, which needs 60.0 us per token" in lines
+    assert "its 16 levels" in lines
 
 
 def _run(report: dict) -> dict:
