@@ -29,9 +29,9 @@ from transformers import AutoModelForCausalLM
 
 from ultrafastbert.cache import cache_root
 from ultrafastbert.data import packed_dataset, prepare_default_data
-from ultrafastbert.model.decoder import UltraFastGPTConfig
+from ultrafastbert.model import load_tokenizer
 from ultrafastbert.model.health import model_tree_health
-from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.model.ultrafastgpt import UltraFastGPTConfig
 from ultrafastbert.study.variants import BALANCE_RATE
 from ultrafastbert.train.config import GenerateConfig, PretrainConfig, PretrainJob
 from ultrafastbert.train.generation import generate_text

@@ -50,8 +50,7 @@ from ultrafastbert.fffify.config import FffifyConfig
 from ultrafastbert.fffify.distill import capture, distill_layer, r_squared, texts_for_tokens, tokenize
 from ultrafastbert.fffify.job import RECORD, conversion_texts, embedding_fidelity, fffify_job, prepare_conversion
 from ultrafastbert.fffify.source import check_source, load_source, sequence_length
-from ultrafastbert.model import AutoModel
-from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.model import AutoModel, load_tokenizer
 from ultrafastbert.study.retention import TaskScores, retention
 from ultrafastbert.train.config import FinetuneConfig
 from ultrafastbert.train.finetune import finetune_seed, majority_baseline

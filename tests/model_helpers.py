@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ultrafastbert.data.tokenizer import train_tokenizer
-from ultrafastbert.model.configuration import CrammedBertConfig
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.modeling import CrammedBertForMaskedLM
 
 
 def tiny_pretrained(folder: Path, words: list[str], vocab_size: int = 60, max_positions: int = 32):

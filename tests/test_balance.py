@@ -29,8 +29,8 @@ from ultrafastbert.fff.balance import (
     take_routing_loss,
     take_routing_visits,
 )
-from ultrafastbert.model.configuration import CrammedBertConfig
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.modeling import CrammedBertForMaskedLM
 from ultrafastbert.train.config import PretrainConfig
 from ultrafastbert.train.pretrain import Pretrainer
 
@@ -262,7 +262,7 @@ def test_pretraining_counts_visits_at_the_chosen_positions(tmp_path, positions):
     seen = []
     trainer._balance_trees = lambda: seen.extend(take_routing_visits(model))
     trainer.train_step(0.0)
-    (layer, counts), = seen
+    ((layer, counts),) = seen
     assert len(unmasked) == 1 and 0 < unmasked[0] < 4 * SEQ_LEN
     assert counts[0, 0].item() == (unmasked[0] if positions == "unmasked" else 4 * SEQ_LEN)
 

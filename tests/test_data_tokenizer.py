@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from ultrafastbert.data.corpus import normalize_text, write_corpus
 from ultrafastbert.data.tokenizer import tokenizer_fingerprint, tokenizer_for_corpus, train_tokenizer
-from ultrafastbert.model.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from ultrafastbert.model.crammedbert.tokenizer import SPECIAL_TOKENS, load_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -1,4 +1,4 @@
-"""The UltraFastGPT causal decoder (``model/decoder.py``): generation against a step-by-step forward, the KV cache
+"""The UltraFastGPT causal decoder (``model/ultrafastgpt/``): generation against a step-by-step forward, the KV cache
 against a forward without it, the FFF paths against the reference, saving and loading (also without the package),
 presets and one-line errors for bad input."""
 
@@ -18,9 +18,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticC
 from ultrafastbert.data.tokenizer import train_tokenizer
 from ultrafastbert.fff import FFF
 from ultrafastbert.fff.balance import take_routing_loss
-from ultrafastbert.model import CheckpointError, UltraFastGPTConfig, UltraFastGPTForCausalLM, UltraFastGPTModel
-from ultrafastbert.model.decoder import DECODER_AUTO_MAP, DECODER_FILE, decoder_preset_fields
-from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.model import (
+    CheckpointError,
+    UltraFastGPTConfig,
+    UltraFastGPTForCausalLM,
+    UltraFastGPTModel,
+    load_tokenizer,
+)
+from ultrafastbert.model.ultrafastgpt.modeling import DECODER_AUTO_MAP, DECODER_FILE, decoder_preset_fields
 
 VOCAB = 97
 CONTEXT = 40

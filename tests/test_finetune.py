@@ -9,7 +9,7 @@ import pytest
 from model_helpers import tiny_pretrained
 
 from ultrafastbert.data.tasks import Example, TaskData
-from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
 from ultrafastbert.train.finetune import FinetuneConfig, SeedResult, TaskResult, finetune_task, write_results
 
 ANIMALS, COLOURS, TOOLS = ["cat", "dog", "horse", "bird"], ["red", "blue", "green", "pink"], ["saw", "drill", "axe"]

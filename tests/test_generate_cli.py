@@ -17,8 +17,8 @@ from transformers import TextStreamer
 
 from ultrafastbert.cli import main
 from ultrafastbert.data.tokenizer import train_tokenizer
-from ultrafastbert.model.decoder import UltraFastGPTConfig, UltraFastGPTForCausalLM
-from ultrafastbert.model.tokenizer import load_tokenizer
+from ultrafastbert.model import load_tokenizer
+from ultrafastbert.model.ultrafastgpt import UltraFastGPTConfig, UltraFastGPTForCausalLM
 from ultrafastbert.train import generation
 
 FIXTURES = Path(__file__).parent / "fixtures"

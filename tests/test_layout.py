@@ -18,8 +18,9 @@ CONTRIBUTING = PACKAGE.parent / "CONTRIBUTING.md"
 
 
 def read_ranks(text: str) -> dict[str, int]:
-    """Rank of each top-level module or sub-package from the ``layout`` block: one line per rank, lowest first,
-    units separated by spaces. An import may only go to the same unit or a lower rank."""
+    """Rank of each unit from the ``layout`` block: one line per rank, lowest first, units separated by spaces. A
+    unit is a top-level module or sub-package (``train``), or a deeper one named with dots (``model.base``). An
+    import may only go to the same unit or a lower rank."""
     block = re.search(r"```layout\n(.*?)```", text, flags=re.DOTALL)
     assert block, f"{CONTRIBUTING.name} has no ```layout block"
     return {unit: rank for rank, line in enumerate(block.group(1).splitlines()) for unit in line.split()}
@@ -67,9 +68,39 @@ def build_graph() -> dict[str, set[str]]:
     }
 
 
-def unit(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else parts[0]
+def unit(module: str, ranks: dict[str, int] = RANKS) -> str:
+    """The unit of ``module``: the longest dotted name below the package that ``ranks`` holds and that covers it
+    (``ultrafastbert.model.base`` -> ``model.base``), else its top-level module or sub-package (``model``)."""
+    parts = module.split(".")[1:]
+    for end in range(len(parts), 1, -1):
+        if ".".join(parts[:end]) in ranks:
+            return ".".join(parts[:end])
+    return parts[0] if parts else module
+
+
+def wrong_imports(graph: dict[str, set[str]], ranks: dict[str, int] = RANKS) -> list[str]:
+    """``module -> target`` for every import of ``graph`` that goes to another unit of the same or a higher rank."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module != PUBLIC_API
+        for target in targets
+        if target != PUBLIC_API
+        and unit(target, ranks) != unit(module, ranks)
+        and ranks[unit(target, ranks)] >= ranks[unit(module, ranks)]
+    )
+
+
+def unranked_subpackages(ranks: dict[str, int] = RANKS) -> list[str]:
+    """Sub-packages of a package that the block splits into dotted units (``model``) which it does not name: a new
+    model family must be placed, not folded into its parent's rank."""
+    split = {name.rpartition(".")[0] for name in ranks if "." in name}
+    return sorted(
+        f"{parent}.{init.parent.name}"
+        for parent in split
+        for init in PACKAGE.joinpath(*parent.split(".")).glob("*/__init__.py")
+        if f"{parent}.{init.parent.name}" not in ranks
+    )
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -102,31 +133,54 @@ def test_no_import_cycle():
 def test_every_unit_has_a_rank():
     units = {unit(module) for module in build_graph() if module != PUBLIC_API}
     assert units <= set(RANKS), f"place these in RANKS: {sorted(units - set(RANKS))}"
+    unranked = unranked_subpackages()
+    assert not unranked, f"place these sub-packages in RANKS: {unranked}"
 
 
 def test_dependencies_point_one_way():
-    wrong = [
-        f"{module} -> {target}"
-        for module, targets in build_graph().items()
-        if module != PUBLIC_API
-        for target in targets
-        if target != PUBLIC_API and unit(target) != unit(module) and RANKS[unit(target)] >= RANKS[unit(module)]
-    ]
-    assert not wrong, "imports against the layering: " + "; ".join(sorted(wrong))
+    wrong = wrong_imports(build_graph())
+    assert not wrong, "imports against the layering: " + "; ".join(wrong)
 
 
 def test_the_checks_see_a_cycle_and_a_wrong_direction():
     """The checks above can fail: a made-up graph with a cycle and an upward import is caught."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert RANKS[unit("ultrafastbert.model.modeling")] < RANKS[unit("ultrafastbert.train.jobs")]
+    assert RANKS[unit("ultrafastbert.model.crammedbert.modeling")] < RANKS[unit("ultrafastbert.train.jobs")]
     assert read_ranks("text\n```layout\nlow other\nhigh\n```\n") == {"low": 0, "other": 0, "high": 1}
 
 
-@pytest.mark.parametrize("statement", ["from ..model import modeling", "from ultrafastbert.model import loading"])
+def test_the_checks_see_a_wrong_import_between_model_units():
+    """Dotted units: a family importing another family, or a shared module importing a family, is caught; a family
+    importing a shared module, and the package ``__init__`` importing a family, are not."""
+    assert unit("ultrafastbert.model.crammedbert.modeling") == "model.crammedbert"
+    assert unit("ultrafastbert.model.codegen") == "model" and unit("ultrafastbert.model") == "model"
+    family, other_family = "ultrafastbert.model.fffbert.modeling", "ultrafastbert.model.crammedbert.modeling"
+    graph = {
+        family: {other_family, "ultrafastbert.model.base"},
+        "ultrafastbert.model.base": {"ultrafastbert.model.ultrafastgpt.modeling", "ultrafastbert.model.loading"},
+        "ultrafastbert.model": {other_family},
+    }
+    assert wrong_imports(graph) == [
+        "ultrafastbert.model.base -> ultrafastbert.model.ultrafastgpt.modeling",
+        f"{family} -> {other_family}",
+    ]
+    ranks = read_ranks("```layout\nmodel.base\nmodel.crammedbert\nmodel\n```\n")
+    unranked = unranked_subpackages(ranks)
+    assert {"model.fffbert", "model.ultrafastgpt"} <= set(unranked) and "model.crammedbert" not in unranked
+
+
+@pytest.mark.parametrize(
+    "statement", ["from ..model.crammedbert import modeling", "from ultrafastbert.model import loading"]
+)
 def test_imports_are_resolved(statement):
     """Relative and absolute forms, inside a function too, resolve to the module they name."""
     source = f"def f():\n    {statement}\n"
-    modules = {"ultrafastbert.model", "ultrafastbert.model.modeling", "ultrafastbert.model.loading"}
+    modules = {
+        "ultrafastbert.model",
+        "ultrafastbert.model.crammedbert",
+        "ultrafastbert.model.crammedbert.modeling",
+        "ultrafastbert.model.loading",
+    }
     found = imported_modules(PACKAGE / "train" / "example.py", modules, source)
-    assert len(found) == 1 and found <= modules - {"ultrafastbert.model"}
+    assert len(found) == 1 and found <= modules - {"ultrafastbert.model", "ultrafastbert.model.crammedbert"}

@@ -34,7 +34,7 @@ from ultrafastbert import (
     CrammedBertForTokenClassification,
     CrammedBertModel,
 )
-from ultrafastbert.model.convert import save_original
+from ultrafastbert.model.crammedbert.convert import save_original
 from ultrafastbert.model.fffbert import FFFBertConfig, FFFBertForQuestionAnswering
 
 VOCAB, MAX_LEN = 50, 12

@@ -14,7 +14,7 @@ import torch
 from ultrafastbert.bench.model import ModelBenchConfig, run_model_benchmark
 from ultrafastbert.cli import main
 from ultrafastbert.model import CrammedBertForMaskedLM, CrammedBertForSequenceClassification, load_tokenizer
-from ultrafastbert.model.convert import checkpoint_format
+from ultrafastbert.model.crammedbert.convert import checkpoint_format
 from ultrafastbert.model.inference import classify, fill_mask
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -71,7 +71,7 @@ def test_convert_leaves_nothing_on_a_full_disk_and_a_used_destination_needs_over
     import errno
     import shutil
 
-    from ultrafastbert.model import convert
+    from ultrafastbert.model.crammedbert import convert
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -94,8 +94,16 @@ def test_convert_leaves_nothing_on_a_full_disk_and_a_used_destination_needs_over
 
 def test_model_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     config = ModelBenchConfig(
-        batches=(1, 2), seq_len=8, layers=1, hidden=16, heads=2, vocab=40, dense_intermediate=32, fff_depth=2,
-        repeats=1, component_repeats=1,
+        batches=(1, 2),
+        seq_len=8,
+        layers=1,
+        hidden=16,
+        heads=2,
+        vocab=40,
+        dense_intermediate=32,
+        fff_depth=2,
+        repeats=1,
+        component_repeats=1,
     )
     report = run_model_benchmark(config, output=tmp_path / "model")
     written = json.loads((tmp_path / "model.json").read_text())
@@ -103,8 +111,10 @@ def test_model_benchmark_writes_json_and_plot(tmp_path: Path) -> None:
     assert written["machine"]["torch_threads"] >= 1 and written["config"]["layers"] == 1
     names = {r["name"] for r in report["results"]}
     assert len(names) == 4 and len(report["results"]) == 8
-    assert all(set(r["components_ms"]) == {"embeddings", "attention", "feedforward", "head", "other"}
-               for r in report["results"])
+    assert all(
+        set(r["components_ms"]) == {"embeddings", "attention", "feedforward", "head", "other"}
+        for r in report["results"]
+    )
     assert set(report["ratios"]) == {"1", "2"} and all(len(table) == 3 for table in report["ratios"].values())
 
 

@@ -22,7 +22,7 @@ from transformers import (
 
 import ultrafastbert  # noqa: F401  (registers the Auto classes)
 from ultrafastbert.model import CheckpointError, CrammedBertConfig, convert_checkpoint
-from ultrafastbert.model.convert import checkpoint_format
+from ultrafastbert.model.crammedbert.convert import checkpoint_format
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MLM_FIXTURES = ["mlm_fff_1x3", "mlm_fff_2x2", "mlm_dense_gluglu", "mlm_dense_gelu"]
@@ -36,8 +36,12 @@ def expected(name: str) -> dict[str, torch.Tensor]:
 
 def architecture(config: CrammedBertConfig) -> dict:
     """The config fields that define the model (not bookkeeping such as the source path or dtype)."""
-    return {name: value for name, value in config.to_dict().items() if name in CrammedBertConfig.__dataclass_fields__
-            and name not in ("dtype", "architectures", "transformers_version")} | {"num_labels": config.num_labels}
+    return {
+        name: value
+        for name, value in config.to_dict().items()
+        if name in CrammedBertConfig.__dataclass_fields__
+        and name not in ("dtype", "architectures", "transformers_version")
+    } | {"num_labels": config.num_labels}
 
 
 def max_error(got: torch.Tensor, want: torch.Tensor) -> float:

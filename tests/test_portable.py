@@ -27,9 +27,9 @@ from ultrafastbert import (
     CrammedBertTokenizer,
 )
 from ultrafastbert.data.tokenizer import train_tokenizer
-from ultrafastbert.model import codegen, convert_checkpoint, portable
+from ultrafastbert.model import codegen, convert_checkpoint, load_tokenizer, portable
 from ultrafastbert.model.base import FFFPreTrainedMixin
-from ultrafastbert.model.configuration import AUTO_MAP, MODELING_FILE
+from ultrafastbert.model.crammedbert.configuration import AUTO_MAP, MODELING_FILE
 from ultrafastbert.model.portable import (
     BASE_MODULE,
     FOLDER_CODE,
@@ -42,7 +42,6 @@ from ultrafastbert.model.portable import (
     stale_message,
     write_folder_code,
 )
-from ultrafastbert.model.tokenizer import load_tokenizer
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog .",

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
 from ultrafastbert.train import checkpointing
 from ultrafastbert.train.checkpointing import CheckpointError, latest_checkpoint
 from ultrafastbert.train.pretrain import (

@@ -13,9 +13,9 @@ import torch
 from ultrafastbert.data import DefaultData, TaskData, corpus_from_paths
 from ultrafastbert.data.tasks import Example
 from ultrafastbert.fff import FFF
-from ultrafastbert.model.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.modeling import CrammedBertForMaskedLM
 from ultrafastbert.model.health import model_tree_health, node_visits, tree_health
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
 from ultrafastbert.study import (
     VARIANTS,
     StudyError,

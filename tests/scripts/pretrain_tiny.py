@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from ultrafastbert.data.causal import causal_rows
-from ultrafastbert.model.configuration import CrammedBertConfig
-from ultrafastbert.model.decoder import UltraFastGPTConfig, UltraFastGPTForCausalLM
-from ultrafastbert.model.modeling import CrammedBertForMaskedLM
+from ultrafastbert.model.crammedbert.configuration import CrammedBertConfig
+from ultrafastbert.model.crammedbert.modeling import CrammedBertForMaskedLM
+from ultrafastbert.model.ultrafastgpt import UltraFastGPTConfig, UltraFastGPTForCausalLM
 from ultrafastbert.train.distributed import init_distributed, shutdown
 from ultrafastbert.train.pretrain import PretrainConfig, Pretrainer
 

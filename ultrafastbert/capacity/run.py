@@ -26,9 +26,9 @@ from ..data.debian import read_wordnet
 from ..data.sources import is_unpacked, package_dir
 from ..fff import FFF
 from ..fff.balance import take_routing_loss, update_routing_offsets
-from ..model.configuration import CrammedBertConfig
+from ..model.crammedbert.configuration import CrammedBertConfig
+from ..model.crammedbert.modeling import CrammedBertForMaskedLM
 from ..model.health import model_tree_health
-from ..model.modeling import CrammedBertForMaskedLM
 from ..train.run_folder import RunFolderError, run_folder_lock, write_json_atomic
 from .config import CapacityConfig
 from .facts import IGNORE, FactSet, split_wordnet, synthetic_facts, wordnet_fact_set, wordnet_lexname_facts

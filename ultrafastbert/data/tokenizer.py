@@ -17,7 +17,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ..model.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILE, load_tokenizer
+from ..model.crammedbert.tokenizer import SPECIAL_TOKENS, TOKENIZER_FILE, load_tokenizer
 from .corpus import ASCII_WHITESPACE, Corpus
 
 DEFAULT_VOCAB_SIZE = 32768

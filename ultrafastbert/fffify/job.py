@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..cache import cache_root
 from ..data.corpus import Corpus, corpus_from_paths
-from ..model.tokenizer import load_tokenizer
+from ..model import load_tokenizer
 from ..train.jobs import check_output_folder
 from ..train.run_folder import publish_folder, run_folder_lock, staging_folder
 from .config import FffifyConfig

@@ -1,4 +1,6 @@
-"""The crammedBERT / UltraFastBERT models and their ``transformers`` integration."""
+"""The model families and their ``transformers`` integration: one sub-package per family (``crammedbert``:
+crammedBERT / UltraFastBERT; ``fffbert``: converted BERTs; ``ultrafastgpt``: causal decoders), on the modules every
+family shares (``base``, ``loading``, ``portable``). Importing it registers the families with the Auto classes."""
 
 from transformers import (
     AutoConfig,
@@ -11,9 +13,19 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration import MODEL_TYPE, CrammedBertConfig
-from .convert import convert_checkpoint
-from .decoder import UltraFastGPTConfig, UltraFastGPTForCausalLM, UltraFastGPTModel, UltraFastGPTPreTrainedModel
+from .crammedbert import (
+    MODEL_TYPE,
+    CrammedBertConfig,
+    CrammedBertForMaskedLM,
+    CrammedBertForQuestionAnswering,
+    CrammedBertForSequenceClassification,
+    CrammedBertForTokenClassification,
+    CrammedBertModel,
+    CrammedBertPreTrainedModel,
+    CrammedBertTokenizer,
+    convert_checkpoint,
+    load_tokenizer,
+)
 from .fffbert import (
     FFFBertConfig,
     FFFBertForMaskedLM,
@@ -23,15 +35,7 @@ from .fffbert import (
     FFFBertModel,
 )
 from .loading import CheckpointError
-from .modeling import (
-    CrammedBertForMaskedLM,
-    CrammedBertForQuestionAnswering,
-    CrammedBertForSequenceClassification,
-    CrammedBertForTokenClassification,
-    CrammedBertModel,
-    CrammedBertPreTrainedModel,
-)
-from .tokenizer import CrammedBertTokenizer, load_tokenizer
+from .ultrafastgpt import UltraFastGPTConfig, UltraFastGPTForCausalLM, UltraFastGPTModel, UltraFastGPTPreTrainedModel
 
 
 def register_auto_classes() -> None:

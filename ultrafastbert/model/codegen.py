@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .decoder import UltraFastGPTPreTrainedModel
+from .crammedbert import CrammedBertPreTrainedModel
 from .fffbert import FFFBertPreTrainedModel
-from .modeling import CrammedBertPreTrainedModel
 from .portable import FOLDER_CODE, generate_folder_code, stale_files, stale_message, write_folder_code
+from .ultrafastgpt import UltraFastGPTPreTrainedModel
 
 # One model class of each family: its ``folder_files`` name the package modules its folders carry.
 FAMILIES = (CrammedBertPreTrainedModel, FFFBertPreTrainedModel, UltraFastGPTPreTrainedModel)

@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..fff import FFF, nodes_per_tree
-from .modeling import CrammedBertPreTrainedModel
 
 
 @dataclass
@@ -92,11 +91,9 @@ def health_postfix(layers: list[TreeHealth]) -> str:
 
 
 @torch.no_grad()
-def model_tree_health(
-    model: CrammedBertPreTrainedModel, batches: Iterable[tuple[Tensor, Tensor | None]]
-) -> list[TreeHealth]:
-    """``TreeHealth`` of every FFF layer of ``model`` (in layer order) over the non-padding tokens of ``batches``
-    of ``(input_ids (B, S), attention_mask (B, S) or None)``. Empty for a model without FFF layers."""
+def model_tree_health(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor | None]]) -> list[TreeHealth]:
+    """``TreeHealth`` of every FFF layer of ``model`` (of any family, in layer order) over the non-padding tokens
+    of ``batches`` of ``(input_ids (B, S), attention_mask (B, S) or None)``. Empty for a model without FFF layers."""
     layers = [module for module in model.modules() if isinstance(module, FFF)]
     if not layers:
         return []

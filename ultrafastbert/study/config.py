@@ -13,7 +13,7 @@ from ..train.config import FinetuneConfig
 from .variants import VARIANTS, check_variants, variant_fields
 
 if TYPE_CHECKING:
-    from ..model.configuration import CrammedBertConfig
+    from ..model.crammedbert.configuration import CrammedBertConfig
 
 STUDY_TASKS = ("wn-pos", "wn-supersense", "wn-sense-match", "fortune-topic")
 
@@ -126,7 +126,8 @@ class StudyConfig:
 
     def model_config(self, variant: str, vocab_size: int, **overrides: Any) -> CrammedBertConfig:
         """The model of ``variant`` at the study's sizes; ``overrides`` replace any of its fields."""
-        from ..model.configuration import CrammedBertConfig  # here: the study's flags are read without transformers
+        # here: the study's flags are read without transformers
+        from ..model.crammedbert.configuration import CrammedBertConfig
 
         sizes = {
             **variant_fields(variant, self.dense_width),

@@ -36,9 +36,9 @@ from ..bench.timing import Rounds, TimedCall, machine_info, time_interleaved
 from ..cache import cache_root
 from ..data import MLMCollator, TaskData, load_glue_task, packed_dataset, prepare_default_data, tokenizer_for_corpus
 from ..fff import FFF, kernels
-from ..model.configuration import CrammedBertConfig
+from ..model.crammedbert.configuration import CrammedBertConfig
+from ..model.crammedbert.modeling import CrammedBertFeedForward, CrammedBertForMaskedLM
 from ..model.health import model_tree_health
-from ..model.modeling import CrammedBertFeedForward, CrammedBertForMaskedLM
 from ..train.finetune import SeedResult, TaskResult, capped, finetune_seed, majority_baseline
 from ..train.pretrain import PretrainConfig, Pretrainer, TrainingDivergedError, mask_generators
 from ..train.run_folder import run_folder_lock
@@ -246,9 +246,7 @@ def _sequences_seen(metrics_file: Path) -> int:
     return sum(by_step.values())
 
 
-def finetune_variant(
-    config: StudyConfig, variant: str, data: StudyData, out: Path
-) -> dict[str, TaskResult]:
+def finetune_variant(config: StudyConfig, variant: str, data: StudyData, out: Path) -> dict[str, TaskResult]:
     """Every (task, seed) of one variant, each finished run kept, so a rerun does only what is missing."""
     model_dir = out / variant / "model"
     results = {}

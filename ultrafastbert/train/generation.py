@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, TextStreamer
 
-from ..model.tokenizer import load_tokenizer
+from ..model import load_tokenizer
 from .config import GenerateConfig
 
 # the class names of transformers' causal language models (``...ForCausalLM``; GPT-2's ``GPT2LMHeadModel``)

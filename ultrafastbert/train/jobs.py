@@ -39,20 +39,19 @@ from ..data.corpus import Corpus
 from ..data.tasks import LOCAL_TASKS, TaskData, load_local_task, task_name
 from ..data.tokenizer import tokenizer_fingerprint
 from ..data.userdata import UserFiles
-from ..model import AutoConfig
-from ..model.configuration import PRESET_NAMES, CrammedBertConfig, preset_fields
-from ..model.convert import convert_checkpoint, model_class_for
-from ..model.decoder import (
+from ..model import AutoConfig, load_tokenizer
+from ..model.crammedbert.configuration import PRESET_NAMES, CrammedBertConfig, preset_fields
+from ..model.crammedbert.convert import convert_checkpoint, model_class_for
+from ..model.crammedbert.modeling import CrammedBertForMaskedLM
+from ..model.health import model_tree_health
+from ..model.inference import load_masked_lm
+from ..model.ultrafastgpt.modeling import (
     DECODER_PRESET_FEEDFORWARDS,
     DECODER_PRESET_NAMES,
     UltraFastGPTConfig,
     UltraFastGPTForCausalLM,
     decoder_preset_fields,
 )
-from ..model.health import model_tree_health
-from ..model.inference import load_masked_lm
-from ..model.modeling import CrammedBertForMaskedLM
-from ..model.tokenizer import load_tokenizer
 from ..progress import status
 from .checkpointing import holds_checkpoints
 from .config import PretrainJob

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from ..data.causal import predicted_tokens
 from ..fff import FFF
 from ..fff.balance import count_visits_at, move_routing_offsets, take_routing_loss, take_routing_visits
+from ..model.crammedbert.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
 from ..model.health import health_postfix, health_record, tree_health
-from ..model.modeling import CrammedBertForMaskedLM, CrammedBertScaledSinusoidalPositions
 from ..progress import progress as progress_bar
 from .checkpointing import CheckpointError, latest_checkpoint, load_checkpoint, read_training_state, save_checkpoint
 from .config import PretrainConfig

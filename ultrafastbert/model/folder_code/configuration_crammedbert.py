@@ -1,4 +1,4 @@
-# Generated from ultrafastbert/model/configuration.py by `make folder-code`: edit the package, not this copy.
+# Generated from ultrafastbert/model/crammedbert/configuration.py by `make folder-code`: edit the package, not this copy.
 """Configuration of the crammedBERT family: crammedBERT (dense feedforward) and UltraFastBERT (FFF feedforward).
 
 One flat ``PretrainedConfig`` (``model_type = "crammedBERT"``) with the usual ``transformers`` field names. The

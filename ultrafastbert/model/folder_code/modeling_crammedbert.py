@@ -1,4 +1,4 @@
-# Generated from ultrafastbert/model/modeling.py by `make folder-code`: edit the package, not this copy.
+# Generated from ultrafastbert/model/crammedbert/modeling.py by `make folder-code`: edit the package, not this copy.
 """crammedBERT / UltraFastBERT models (``docs/design.md``), in data-flow order: embeddings -> attention -> layer ->
 encoder -> heads.
 
@@ -37,8 +37,8 @@ try:  # the installed ultrafastbert package, whose FFF layer has the compiled ke
 except ImportError:  # not installed: this folder's pure-PyTorch copy
     from .fff_layer import FFF
 from .model_base import FFFPreTrainedMixin
-from .configuration_crammedbert import CONFIGURATION_FILE, MODELING_FILE, CrammedBertConfig
 from .model_loading import HEAD_KEYS, check_tied_decoder_copy
+from .configuration_crammedbert import CONFIGURATION_FILE, MODELING_FILE, CrammedBertConfig
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0

@@ -1,4 +1,4 @@
-# Generated from ultrafastbert/model/fffbert.py by `make folder-code`: edit the package, not this copy.
+# Generated from ultrafastbert/model/fffbert/modeling.py by `make folder-code`: edit the package, not this copy.
 """FFF-BERT: a transformers BERT whose feedforward layers are fast feedforward trees (``ultrafastbert fffify``).
 
 The model classes are ``transformers``' own BERT classes (``BertModel``, ``BertForMaskedLM``,

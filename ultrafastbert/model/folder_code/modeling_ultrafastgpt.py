@@ -1,4 +1,4 @@
-# Generated from ultrafastbert/model/decoder.py by `make folder-code`: edit the package, not this copy.
+# Generated from ultrafastbert/model/ultrafastgpt/modeling.py by `make folder-code`: edit the package, not this copy.
 """UltraFastGPT: a GPT-style causal decoder whose feedforward is dense, narrow dense, an FFF, or absent.
 
 One file holds the family (configuration, then the modules in the order data flows: embeddings -> attention ->

@@ -18,8 +18,8 @@ from typing import Any, Literal, Self
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from ..fff import check_impl, neurons_per_token
-from ..fff.layer import MAX_DEPTH, check_balance_rate
+from ...fff import check_impl, neurons_per_token
+from ...fff.layer import MAX_DEPTH, check_balance_rate
 
 logger = logging.getLogger(__name__)
 

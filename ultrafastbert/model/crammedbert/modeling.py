@@ -31,10 +31,10 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import can_return_tuple
 
-from ..fff import FFF
-from .base import FFFPreTrainedMixin
+from ...fff import FFF
+from ..base import FFFPreTrainedMixin
+from ..loading import HEAD_KEYS, check_tied_decoder_copy
 from .configuration import CONFIGURATION_FILE, MODELING_FILE, CrammedBertConfig
-from .loading import HEAD_KEYS, check_tied_decoder_copy
 
 # Additive attention bias of padded keys, as in the original (not -inf: fully padded rows stay finite).
 MASKED_SCORE = -10000.0

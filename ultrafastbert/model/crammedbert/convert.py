@@ -22,8 +22,7 @@ import transformers
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from .configuration import MODEL_TYPE, ORIGINAL_CLASS_NAMES, CrammedBertConfig
-from .loading import (
+from ..loading import (
     HEAD_WEIGHT,
     POOLER_WEIGHT,
     SAFETENSORS_FILE,
@@ -31,6 +30,7 @@ from .loading import (
     CheckpointError,
     checkpoint_keys,
 )
+from .configuration import MODEL_TYPE, ORIGINAL_CLASS_NAMES, CrammedBertConfig
 from .modeling import (
     CrammedBertForMaskedLM,
     CrammedBertForQuestionAnswering,

@@ -29,10 +29,10 @@ from transformers.models.bert.modeling_bert import (
     BertPreTrainedModel,
 )
 
-from ..fff import FFF, GroupedFFF, check_grouped_impl, check_impl
-from ..fff.grouped import MAX_GROUPED_DEPTH
-from ..fff.layer import MAX_DEPTH
-from .base import FFFPreTrainedMixin
+from ...fff import FFF, GroupedFFF, check_grouped_impl, check_impl
+from ...fff.grouped import MAX_GROUPED_DEPTH
+from ...fff.layer import MAX_DEPTH
+from ..base import FFFPreTrainedMixin
 
 FFFBERT_MODEL_TYPE = "fffbert"
 FFFBERT_FILE = "modeling_fffbert"  # the folder file holding this module's copy (config and models alike)

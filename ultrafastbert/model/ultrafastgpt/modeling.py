@@ -27,9 +27,9 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..fff import FFF, check_balance_rate, check_impl, neurons_per_token
-from ..fff.layer import MAX_DEPTH
-from .base import FFFPreTrainedMixin
+from ...fff import FFF, check_balance_rate, check_impl, neurons_per_token
+from ...fff.layer import MAX_DEPTH
+from ..base import FFFPreTrainedMixin
 
 DECODER_MODEL_TYPE = "ultrafastgpt"
 DECODER_FILE = "modeling_ultrafastgpt"  # the folder file holding this module's copy (config and models alike)
