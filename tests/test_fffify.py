@@ -656,3 +656,31 @@ def test_conversions_sharing_one_pass_of_the_dense_model_match_a_lone_conversion
     with pytest.raises(ValueError, match="shared conversion data was made from"):
         fffify_job(tmp_path / "bert", tmp_path / "c", quick(**{**vars(config), "train_tokens": 1000}), data=data)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_longer_finetuning_comparison_waits_for_every_run_and_scores_against_both_dense_recipes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    script = load_report_script()
+    monkeypatch.setattr(script, "load_task", lambda *args: None)
+    monkeypatch.setattr(script, "majority_baseline", lambda *args: 0.5)  # every task's majority class: 50
+
+    def write(runs: str, name: str, task_scores: dict[str, list[float]]) -> None:
+        for task, values in task_scores.items():
+            for seed, value in zip(script.FINETUNE.seeds, values, strict=True):
+                path = tmp_path / runs / name / task / f"seed{seed}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"metrics": {script.SCORE_SPLIT: {"accuracy": value}}}))
+
+    tasks = script.TASKS
+    write("finetune", script.DENSE, {task: [0.89, 0.90, 0.91] for task in tasks})  # gain 0.40 above majority
+    write(script.LONGER, script.DENSE, {task: [0.69, 0.70, 0.71] for task in tasks})  # gain 0.20
+    converted = script.LONGER_FINETUNED[0]
+    write(script.LONGER, converted, {task: [0.60, 0.60, 0.60] for task in tasks[:-1]})  # one task missing
+    assert script.longer_comparison(tmp_path) == []
+
+    write(script.LONGER, converted, {task: [0.60, 0.60, 0.60] for task in tasks})  # gain 0.10
+    lines = script.longer_comparison(tmp_path)
+    row = next(line for line in lines if line.startswith(f"| {converted} |"))
+    # half the longer-recipe dense gain, a quarter of the standard recipe's
+    assert "| 50.0% (" in row and row.endswith("| 25.0% |")
