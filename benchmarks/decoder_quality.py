@@ -25,17 +25,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from ultrafastbert.cache import cache_root
-from ultrafastbert.data import packed_dataset, prepare_default_data
-from ultrafastbert.model import load_tokenizer
-from ultrafastbert.model.health import model_tree_health
+from ultrafastbert.data import prepare_default_data
 from ultrafastbert.model.ultrafastgpt import UltraFastGPTConfig
 from ultrafastbert.study.variants import BALANCE_RATE
 from ultrafastbert.train.config import GenerateConfig, PretrainConfig, PretrainJob
 from ultrafastbert.train.generation import generate_text
-from ultrafastbert.train.jobs import FINAL, METRICS, MODEL, pretrain_job
+from ultrafastbert.train.jobs import FINAL, METRICS, MODEL, pretrain_job, validation_tree_health
 
 # arm -> (decoder preset, routing-offset step of its trees)
 ARMS = {
@@ -83,14 +80,8 @@ def pretrain_arm(arm: str, folder: Path, budget: dict, seed: int) -> dict:
 def tree_health(model_dir: Path, sequences: int = 128) -> list[dict]:
     """Tree health of the model's FFF layers on the first ``sequences`` validation sequences (empty: no tree)."""
     corpus = prepare_default_data(cache_root()).corpus
-    validation = packed_dataset(corpus, load_tokenizer(model_dir), "validation", SEQ_LEN, cache_root())
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    count = min(sequences, len(validation))
-    batches = (
-        (torch.stack([validation[index] for index in range(start, min(count, start + 32))]), None)
-        for start in range(0, count, 32)
-    )
-    return [asdict(layer) for layer in model_tree_health(model, batches)]
+    _, layers, _ = validation_tree_health(model_dir, corpus, SEQ_LEN, cache_root(), max_sequences=sequences)
+    return [asdict(layer) for layer in layers]
 
 
 def samples(model_dir: Path, new_tokens: int) -> list[dict]:

@@ -43,7 +43,7 @@ from ..model import AutoConfig, load_tokenizer
 from ..model.crammedbert.configuration import PRESET_NAMES, CrammedBertConfig, preset_fields
 from ..model.crammedbert.convert import convert_checkpoint, model_class_for
 from ..model.crammedbert.modeling import CrammedBertForMaskedLM
-from ..model.health import model_tree_health
+from ..model.health import TreeHealth, model_tree_health
 from ..model.inference import load_masked_lm
 from ..model.ultrafastgpt.modeling import (
     DECODER_PRESET_FEEDFORWARDS,
@@ -434,14 +434,15 @@ def _label_record(tasks: list[TaskData]) -> dict[str, Any]:
     }
 
 
-def tree_health_report(
-    model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 256, batch_size: int = 32
-) -> str:
-    """A table of the tree health (``model.health``) of every FFF layer of the model in ``model_dir`` (an encoder
-    or a causal decoder), routed on up to ``max_sequences`` sequences of ``corpus``'s validation split."""
+def validation_tree_health(
+    model_dir: str | Path, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 256, batch_size: int = 32
+) -> tuple[str, list[TreeHealth], int]:
+    """The model's name, the tree health (``model.health``) of every FFF layer of the model in ``model_dir`` (an
+    encoder or a causal decoder; empty: no trees), and the count of sequences routed: up to ``max_sequences`` of
+    ``corpus``'s validation split."""
     tokenizer = load_tokenizer(model_dir)
     model_class = AutoModelForCausalLM if holds_causal_lm(model_dir) else model_class_for(model_dir)
-    model = model_class.from_pretrained(model_dir)
+    model = model_class.from_pretrained(str(model_dir))
     check_sequences(model.config, seq_len, max_sequences)
     validation = packed_dataset(corpus, tokenizer, "validation", seq_len, cache)
     count = min(max_sequences, len(validation))
@@ -451,11 +452,18 @@ def tree_health_report(
         (torch.stack([validation[index] for index in range(start, min(count, start + batch_size))]), None)
         for start in range(0, count, batch_size)
     )
-    layers = model_tree_health(model, batches)
+    return model.config.name, model_tree_health(model, batches), count
+
+
+def tree_health_report(
+    model_dir: str, corpus: Corpus, seq_len: int, cache: Path, max_sequences: int = 256, batch_size: int = 32
+) -> str:
+    """A table of :func:`validation_tree_health`."""
+    name, layers, count = validation_tree_health(model_dir, corpus, seq_len, cache, max_sequences, batch_size)
     if not layers:
-        return f"{model.config.name} has no FFF layers"
+        return f"{name} has no FFF layers"
     lines = [
-        f"{model.config.name}: tree health over {layers[0].tokens} tokens of {count} validation sequences",
+        f"{name}: tree health over {layers[0].tokens} tokens of {count} validation sequences",
         "layer  leaves never visited  nodes never visited per level (root first)  leaf entropy/uniform  root left",
     ]
     for index, layer in enumerate(layers):
