@@ -181,21 +181,23 @@ def end_to_end_parameters(model: nn.Module) -> list[nn.Parameter]:
     ]
 
 
+def hidden_state_error(hidden: Tensor, target: Tensor) -> Tensor:
+    """The end-to-end objective on final hidden states of real tokens, ``(T, H)`` each: mean squared error over the
+    target's mean per-feature variance (0: identical; 1: as far as predicting the target's mean state)."""
+    return F.mse_loss(hidden, target) / target.var(0).mean()
+
+
 @torch.no_grad()
 def hidden_state_distance(student: nn.Module, teacher: nn.Module, data: Batches, batch_size: int = 64) -> float:
-    """The end-to-end objective on ``data``: mean squared error of ``student``'s final hidden states against
-    ``teacher``'s over real tokens, over the teacher's per-feature variance (0: identical; 1: as far as predicting
-    the teacher's mean state)."""
+    """:func:`hidden_state_error` of ``student`` against ``teacher`` over every real token of ``data``."""
     student_encoder, teacher_encoder = getattr(student, "bert", student), getattr(teacher, "bert", teacher)
-    errors, targets = [], []
+    hidden, targets = [], []
     for start in range(0, len(data), batch_size):
         batch = data.slice(start, start + batch_size)
         mask = batch["attention_mask"].bool()
-        target = teacher_encoder(**batch).last_hidden_state[mask]  # (T, H)
-        errors.append((student_encoder(**batch).last_hidden_state[mask] - target).square().sum(0))
-        targets.append(target)
-    target = torch.cat(targets)
-    return float(torch.stack(errors).sum(0).sum() / target.shape[0] / target.var(0).sum())
+        hidden.append(student_encoder(**batch).last_hidden_state[mask])  # (T, H)
+        targets.append(teacher_encoder(**batch).last_hidden_state[mask])
+    return float(hidden_state_error(torch.cat(hidden), torch.cat(targets)))
 
 
 def distill_end_to_end(
@@ -235,7 +237,7 @@ def distill_end_to_end(
                 target = teacher_encoder(**inputs).last_hidden_state
             hidden = student_encoder(**inputs).last_hidden_state
             mask = inputs["attention_mask"].bool()
-            loss = F.mse_loss(hidden[mask], target[mask]) / float(target[mask].var(0).mean())
+            loss = hidden_state_error(hidden[mask], target[mask])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
