@@ -311,6 +311,11 @@ def timing(output: Path, source: Path, threads: int) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def majority_scores() -> dict[str, float]:
+    """Each task's majority-class score on ``SCORE_SPLIT``: the floor gain retention is measured above."""
+    return {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+
+
 def scores(output: Path, name: str, task: str, runs: str = "finetune") -> list[float]:
     folder = output / runs / name / task
     found = [json.loads(path.read_text()) for path in sorted(folder.glob("seed*.json"))]
@@ -322,7 +327,7 @@ def report(output: Path, source: Path, command: str) -> None:
     records = {name: json.loads((output / "models" / name / RECORD).read_text()) for name in CONVERSIONS}
     timing_path = output / "timing.json"
     timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
-    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    majority = majority_scores()
     complete = finetuned_models(output)
     have_finetune = DENSE in complete
     table = {}
@@ -595,7 +600,7 @@ def longer_comparison(output: Path) -> list[str]:
     runs = [output / LONGER / name / task for name in (DENSE, *LONGER_FINETUNED) for task in TASKS]
     if not all(len(list(folder.glob("seed*.json"))) == len(FINETUNE.seeds) for folder in runs):
         return []
-    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    majority = majority_scores()
     dense = [TaskScores(t, tuple(scores(output, DENSE, t)), majority[t]) for t in TASKS]
     dense_longer = [TaskScores(t, tuple(scores(output, DENSE, t, LONGER)), majority[t]) for t in TASKS]
     lines = [
@@ -690,7 +695,7 @@ def grouped_records(output: Path) -> list[dict]:
     """One record per grouped model: shape, fidelity, speed (where timed), retention (where finetuned, else None)."""
     timing_path = output / "grouped-timing.json"
     timings = json.loads(timing_path.read_text()) if timing_path.is_file() else None
-    majority = {task: majority_baseline(load_task(task, None, None), SCORE_SPLIT, FINETUNE) for task in TASKS}
+    majority = majority_scores()
     complete = finetuned_models(output, [DENSE, *GROUPED])
     dense_scores = [TaskScores(t, tuple(scores(output, DENSE, t)), majority[t]) for t in TASKS]
     records = []
